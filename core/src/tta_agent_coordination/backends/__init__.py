@@ -1,0 +1,1 @@
+"""Drivers shipped with the core: the in-memory default."""

@@ -1,0 +1,22 @@
+"""The memory driver's breakers store (work in progress: see issue 4)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..settings import BackendOptions
+    from .memory import MemoryClock
+
+__all__ = ["MemoryBreakerStore"]
+
+
+class MemoryBreakerStore:
+    """In-memory breakers store."""
+
+    def __init__(self, clock: MemoryClock, options: BackendOptions) -> None:
+        self._clock = clock
+        self._options = options
+
+    def clear(self) -> None:
+        """Forget everything (drop_namespace)."""

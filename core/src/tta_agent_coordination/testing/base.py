@@ -1,0 +1,54 @@
+"""The fixtures every contract test class shares: a fresh, isolated backend per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import ClassVar
+
+import pytest
+
+from ..plugins import connect
+from ..protocols import Backend, ClockControl
+
+__all__ = ["BackendTestBase", "advance"]
+
+
+class BackendTestBase:
+    """Base of the contract test classes.
+
+    Subclass it (or a contract class) and set ``url``. Each test gets its own namespace, which
+    is dropped afterwards.
+    """
+
+    url: ClassVar[str] = "memory://"
+    pytestmark: ClassVar[list[pytest.MarkDecorator]] = [pytest.mark.anyio]
+
+    @pytest.fixture
+    def anyio_backend(self) -> str:
+        """Async tests run on asyncio (every driver runs there)."""
+        return "asyncio"
+
+    @pytest.fixture
+    async def backend(self) -> AsyncIterator[Backend]:
+        """A connected backend in a namespace of its own, dropped after the test."""
+        namespace = f"t{uuid.uuid4().hex[:16]}"
+        async with connect(self.url, namespace=namespace) as backend:
+            try:
+                yield backend
+            finally:
+                await backend.drop_namespace()
+
+    @pytest.fixture
+    def clock(self, backend: Backend) -> ClockControl:
+        """The backend's clock hook; tests of time skip only if the driver declares none."""
+        if "clock_control" not in backend.capabilities or backend.clock is None:
+            pytest.skip(f"{self.url} does not declare the clock_control capability")
+        return backend.clock
+
+
+async def advance(backend: Backend, seconds: float) -> None:
+    """Move ``backend``'s clock forward (it must have ``clock_control``)."""
+    clock = backend.clock
+    assert clock is not None, "advance() needs a backend with the clock_control capability"
+    await clock.advance(seconds)
