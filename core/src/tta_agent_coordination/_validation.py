@@ -40,7 +40,7 @@ class Model(pydantic.BaseModel):
             raise ValidationError(str(exc)) from exc
 
     @classmethod
-    def model_validate(cls, obj: Any, **kwargs: Any) -> Self:  # type: ignore[override]  # narrower kwargs
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Self:
         """Validate ``obj``; raises the package's ``ValidationError``."""
         try:
             return super().model_validate(obj, **kwargs)
@@ -48,7 +48,7 @@ class Model(pydantic.BaseModel):
             raise ValidationError(str(exc)) from exc
 
     @classmethod
-    def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Self:  # type: ignore[override]  # narrower kwargs
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Self:
         """Validate JSON; raises the package's ``ValidationError``."""
         try:
             return super().model_validate_json(json_data, **kwargs)

@@ -33,8 +33,8 @@ from __future__ import annotations
 
 __all__ = [
     "AgentConflictError",
-    "BackendConfigWarning",
     "AgentNotFoundError",
+    "BackendConfigWarning",
     "BackendError",
     "BackendNotFoundError",
     "BackendUnavailableError",

@@ -7,7 +7,7 @@ keeps everything in memory, for tests and the demo's summary.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Mapping
 from typing import Final, Protocol, runtime_checkable
 
@@ -91,7 +91,7 @@ class RecordingMetrics:
     """A sink that keeps every report in memory (tests, the demo, quick looks)."""
 
     def __init__(self) -> None:
-        self.counters: Counter[_Key] = Counter()
+        self.counters: defaultdict[_Key, float] = defaultdict(float)
         self.observations: defaultdict[_Key, list[float]] = defaultdict(list)
         self.gauges: dict[_Key, float] = {}
 

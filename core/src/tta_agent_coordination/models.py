@@ -8,14 +8,15 @@ Messages travel as JSON only (``model_dump_json`` / ``model_validate_json``).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
-from typing import Annotated, Any, ClassVar, Generic, Self, TypeVar
+from typing import Annotated, Any, Generic, Self, TypeVar, cast
 
 import pydantic
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
-from pydantic import AliasChoices, Field, JsonValue, field_validator, model_validator
+from pydantic import Field, JsonValue, field_validator, model_validator
 
 from ._validation import Model, check_name
 from .errors import ValidationError
@@ -81,7 +82,7 @@ class AgentId(Model):
     type: str
     instance: str | None = None
 
-    def __init__(self, type: str, instance: str | None = None) -> None:  # noqa: A002  # the contract's name
+    def __init__(self, type: str, instance: str | None = None) -> None:  # the contract's name
         super().__init__(type=type, instance=instance)
 
     @model_validator(mode="before")
@@ -105,9 +106,6 @@ class AgentId(Model):
     @classmethod
     def parse(cls, text: str) -> AgentId:
         """Read back what ``str()`` wrote: ``"type"`` or ``"type:instance"``."""
-        if not isinstance(text, str):  # pyright: ignore[reportUnnecessaryIsInstance]  # runtime guard
-            msg = f"AgentId.parse() takes a str, not {type(text).__name__}"
-            raise ValidationError(msg)
         return cls.model_validate(text)
 
     @property
@@ -203,7 +201,7 @@ class AgentMessage(Model):
     def _no_bool_priority(cls, value: Any) -> Any:
         if isinstance(value, bool):
             msg = "priority must be an int from 0 to 9, not a bool"
-            raise TypeError(msg)
+            raise ValueError(msg)
         return value
 
 
@@ -294,9 +292,9 @@ class Page(Model, Generic[T]):
 def _sorted_tags(value: Any) -> Any:
     if isinstance(value, str):
         msg = "tags must be a collection of strings, not one string"
-        raise TypeError(msg)
+        raise ValueError(msg)
     if isinstance(value, set | frozenset | list | tuple):
-        return tuple(sorted(set(value)))  # pyright: ignore[reportUnknownArgumentType]  # validated below
+        return tuple(sorted(set(cast("Iterable[Any]", value))))
     return value
 
 
@@ -348,7 +346,12 @@ class CapabilityQuery(Model):
     max_load: NonNegativeFloat | None = None
 
     def __init__(
-        self, name: str, version: str | None = None, *, tags: Any = (), max_load: float | None = None
+        self,
+        name: str,
+        version: str | None = None,
+        *,
+        tags: Any = (),
+        max_load: float | None = None,
     ) -> None:
         super().__init__(name=name, version=version, tags=tags, max_load=max_load)
 
@@ -445,18 +448,36 @@ class CircuitBreakerConfig(Model):
     re-opens it.
     """
 
-    model_config: ClassVar[pydantic.ConfigDict] = pydantic.ConfigDict(
-        frozen=True, extra="forbid", populate_by_name=True
-    )
-
     failure_threshold: Annotated[int, Field(ge=1)] = 5
     window: PositiveFloat | None = None
-    recovery_timeout: PositiveFloat = Field(
-        default=60.0, validation_alias=AliasChoices("recovery_timeout", "timeout_seconds")
-    )
+    recovery_timeout: PositiveFloat = 60.0
     half_open_max_calls: Annotated[int, Field(ge=1)] = 3
     success_threshold: Annotated[int, Field(ge=1)] = 2
     probe_timeout: PositiveFloat = 30.0
+
+    def __init__(
+        self,
+        *,
+        failure_threshold: int = 5,
+        window: float | None = None,
+        recovery_timeout: float | None = None,
+        timeout_seconds: float | None = None,
+        half_open_max_calls: int = 3,
+        success_threshold: int = 2,
+        probe_timeout: float = 30.0,
+    ) -> None:
+        if recovery_timeout is not None and timeout_seconds is not None:
+            msg = "give recovery_timeout or its original name timeout_seconds, not both"
+            raise ValidationError(msg)
+        timeout = recovery_timeout if recovery_timeout is not None else timeout_seconds
+        super().__init__(
+            failure_threshold=failure_threshold,
+            window=window,
+            recovery_timeout=60.0 if timeout is None else timeout,
+            half_open_max_calls=half_open_max_calls,
+            success_threshold=success_threshold,
+            probe_timeout=probe_timeout,
+        )
 
     @property
     def timeout_seconds(self) -> float:

@@ -8,6 +8,7 @@ why the protocols look like this; ``docs/contract.md`` is the behaviour they pro
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
@@ -210,11 +211,13 @@ class RegistryStore(Protocol):
 
     async def list(
         self, *, type: str | None = None, capability: str | None = None
-    ) -> list[AgentInfo]:
+    ) -> builtins.list[AgentInfo]:
         """Live agents, optionally of one type or holding a capability name, by id."""
         ...
 
-    async def discover(self, query: CapabilityQuery, *, limit: int | None = None) -> list[AgentInfo]:
+    async def discover(
+        self, query: CapabilityQuery, *, limit: int | None = None
+    ) -> builtins.list[AgentInfo]:
         """Live, available matches, least loaded first (ties by id)."""
         ...
 

@@ -1,0 +1,76 @@
+"""Every task a person or CI runs: ``nox`` runs lint, typecheck and tests; ``nox -s demo``.
+
+Sessions use the uv backend and share one wheel build of the core per nox run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2025.2.9"
+nox.options.default_venv_backend = "uv"
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_venv = "yes"
+
+ROOT = Path(__file__).parent
+PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
+WHEELS = ROOT / ".nox" / "_wheels"
+PYTHON = ["3.11"]
+
+
+def _group(name: str) -> list[str]:
+    return nox.project.dependency_groups(PYPROJECT, name)
+
+
+def _core_wheel(session: nox.Session) -> str:
+    """Build the core wheel once per nox run (every session installs the same file)."""
+    marker = WHEELS / f"built-{os.getppid()}-{os.getpid()}"
+    if not marker.exists():
+        for old in WHEELS.glob("*"):
+            old.unlink()
+        WHEELS.mkdir(parents=True, exist_ok=True)
+        session.run("uv", "build", "--wheel", "--out-dir", str(WHEELS), "core", external=True)
+        marker.touch()
+    (wheel,) = WHEELS.glob("tta_agent_coordination-*.whl")
+    return str(wheel)
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """Run the demo on the in-memory default (pass extra arguments after --)."""
+    session.install(_core_wheel(session))
+    session.run("python", "-m", "tta_agent_coordination.demo", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The test suite on the installed wheel, with the core's line coverage held at 100%."""
+    session.install(_core_wheel(session), *_group("test"))
+    env = {
+        "HYPOTHESIS_PROFILE": os.environ.get(
+            "HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"
+        )
+    }
+    session.run("coverage", "erase")
+    session.run("coverage", "run", "-m", "pytest", "--durations=15", *session.posargs, env=env)
+    session.run("coverage", "combine")
+    session.run("coverage", "report")
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install(*_group("lint"))
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict and basedpyright in strict mode."""
+    session.install("-e", "./core", *_group("typecheck"))
+    session.run("mypy")
+    session.run("basedpyright")
