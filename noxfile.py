@@ -73,4 +73,5 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict and basedpyright in strict mode."""
     session.install("-e", "./core", *_group("typecheck"))
     session.run("mypy")
-    session.run("basedpyright")
+    python = Path(session.virtualenv.location) / "bin" / "python"
+    session.run("basedpyright", "--pythonpath", str(python))
