@@ -14,7 +14,8 @@ Decisions recorded here (see also ``docs/decisions``):
   already told watchers it is gone).
 * ``registered``, ``updated``, ``deregistered`` and ``expired`` events carry a snapshot of the
   agent in ``event.agent``.
-* Cursors are decimal sequence numbers (``"1"`` is the first event ever). ``read_events(after=
+* Cursors are decimal sequence numbers (``"2"`` is the first event ever: ``"0"`` is reserved
+  for "the oldest retained", so an empty log's head is ``"1"``, never ``"0"``). ``read_events(after=
   None)`` takes the head before it sweeps, so expiries it detects are returned. A cursor past the
   head is a ``ValidationError``; ``clear()`` keeps the sequence, so old cursors then get an
   ``EventsGapError`` instead of silently skipping events.
@@ -150,7 +151,9 @@ class MemoryRegistryStore:
         self._heap: list[tuple[float, int, AgentId]] = []
         self._generation = 0
         self._events: deque[tuple[int, RegistryEvent]] = deque()
-        self._seq = 0
+        # "0" means "the oldest retained": no cursor we hand out may be "0", so the log's
+        # head starts at 1 and the first event's cursor is "2".
+        self._seq = 1
         self._wakeup: anyio.Event | None = None
         clock.subscribe(self._on_clock_advance)
 
@@ -183,11 +186,10 @@ class MemoryRegistryStore:
 
     def _unindex(self, info: AgentInfo) -> None:
         for name in {c.name for c in info.capabilities}:
-            holders = self._by_capability.get(name)
-            if holders is not None:
-                holders.discard(info.agent_id)
-                if not holders:
-                    del self._by_capability[name]
+            holders = self._by_capability[name]
+            holders.discard(info.agent_id)
+            if not holders:
+                del self._by_capability[name]
 
     def _schedule(self, record: _Record) -> None:
         heapq.heappush(self._heap, (record.expires_at, record.generation, record.info.agent_id))
