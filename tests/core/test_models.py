@@ -28,7 +28,7 @@ from tta_agent_coordination import (
 
 NAME_FIRST = string.ascii_letters + string.digits
 NAME_REST = NAME_FIRST + "_.-"
-names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", fullmatch=True)
+names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,40}", fullmatch=True)
 
 
 @given(type_=names, instance=st.none() | names)
@@ -240,6 +240,8 @@ def test_capability_and_query() -> None:
         lambda: Capability("bad name"),
         lambda: Capability("ok", "not a version"),
         lambda: Capability("ok", tags="en"),
+        lambda: Capability("ok", tags=42),
+        lambda: Capability("ok", tags=["a", 1]),
         lambda: CapabilityQuery("ok", "=>1"),
         lambda: CapabilityQuery("ok", max_load=-1),
         lambda: CapabilityQuery("bad:name"),
@@ -277,6 +279,8 @@ def test_breaker_config_accepts_the_original_names() -> None:
     assert (default.half_open_max_calls, default.success_threshold) == (3, 2)
     with pytest.raises(ValidationError):
         CircuitBreakerConfig(failure_threshold=0)
+    with pytest.raises(ValidationError, match="not both"):
+        CircuitBreakerConfig(recovery_timeout=1, timeout_seconds=2)
 
 
 def test_message_result_ok() -> None:

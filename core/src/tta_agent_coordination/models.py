@@ -294,8 +294,10 @@ def _sorted_tags(value: Any) -> Any:
         msg = "tags must be a collection of strings, not one string"
         raise ValueError(msg)
     if isinstance(value, set | frozenset | list | tuple):
-        return tuple(sorted(set(cast("Iterable[Any]", value))))
-    return value
+        items = set(cast("Iterable[Any]", value))
+        if all(isinstance(item, str) for item in items):
+            return tuple(sorted(items))
+    return value  # pydantic rejects what is not a collection of strings
 
 
 Tags = Annotated[tuple[str, ...], pydantic.BeforeValidator(_sorted_tags)]
