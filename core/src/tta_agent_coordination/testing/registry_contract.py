@@ -254,7 +254,7 @@ class RegistryContract(BackendTestBase):
             await registry.heartbeat(ALPHA, uuid.uuid4().hex)
 
     async def test_heartbeat_updates_load_and_availability(self, registry: RegistryStore) -> None:
-        """load and available change through heartbeats; None keeps the current value."""
+        """Load and available change through heartbeats; None keeps the current value."""
         token = await registry.register(ALPHA, capabilities=[SUMMARISE_1], load=0.5)
         info = await registry.heartbeat(ALPHA, token, load=0.75)
         assert (info.load, info.available) == (0.75, True)
@@ -427,7 +427,7 @@ class RegistryContract(BackendTestBase):
     # -- deregistration -------------------------------------------------------------------
 
     async def test_deregister_ends_the_session(self, registry: RegistryStore) -> None:
-        """deregister returns True once, emits deregistered, and the agent is gone."""
+        """Deregister returns True once, emits deregistered, and the agent is gone."""
         token = await registry.register(ALPHA, capabilities=[TRANSLATE])
         cursor = (await registry.read_events()).next_cursor
         assert await registry.deregister(ALPHA, "not-the-token") is False
@@ -628,7 +628,7 @@ class RegistryContract(BackendTestBase):
 
     @pytest.mark.parametrize("limit", [0, -1, 1001])
     async def test_events_limit_is_validated(self, registry: RegistryStore, limit: int) -> None:
-        """limit runs from 1 to 1000."""
+        """Limit runs from 1 to 1000."""
         with pytest.raises(ValidationError):
             await registry.read_events(limit=limit)
 
