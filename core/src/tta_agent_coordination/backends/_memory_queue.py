@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import heapq
 import math
+import os
 import re
 import secrets
-import uuid
 from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict, deque
 from collections.abc import Sequence
@@ -76,6 +76,14 @@ _RECEIPT_PREFIX: Final = "mq1."
 _RECEIPT = re.compile(
     rf"mq1\.({_PART}(?::{_PART})?)/([0-9a-f]{{16}})/(.{{1,{_MAX_ID}}})", re.DOTALL
 )
+
+
+def _new_entry_id() -> str:
+    """A random (version 4) UUID as 32 hex digits, as ``uuid.uuid4().hex`` but faster."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return raw.hex()
 
 
 def _ts(seconds: float) -> datetime:
@@ -586,7 +594,7 @@ class MemoryQueueStore:
         return None
 
     def _write(self, queue: _Queue, item: _Prepared, now: float) -> str:
-        entry_id = item.entry_id if item.entry_id is not None else uuid.uuid4().hex
+        entry_id = item.entry_id if item.entry_id is not None else _new_entry_id()
         message = item.message
         entry = _Entry(
             entry_id,
@@ -742,7 +750,7 @@ class MemoryQueueStore:
         visible_at = _ts(deadline)
         prefix = f"{_RECEIPT_PREFIX}{queue.name}/"
         return [
-            Delivery.model_construct(
+            Delivery(
                 queue=queue.agent_id,
                 entry_id=entry.entry_id,
                 message=decode_message(entry.body),
