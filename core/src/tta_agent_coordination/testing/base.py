@@ -10,6 +10,7 @@ import pytest
 
 from ..plugins import connect
 from ..protocols import Backend, ClockControl
+from .plugin import BACKEND_OPTION
 
 __all__ = ["BackendTestBase", "advance"]
 
@@ -21,6 +22,7 @@ class BackendTestBase:
     is dropped afterwards.
     """
 
+    #: The backend under test; empty takes the ``--tta-backend`` command-line option.
     url: ClassVar[str] = "memory://"
     pytestmark: ClassVar[list[pytest.MarkDecorator]] = [pytest.mark.anyio]
 
@@ -30,10 +32,20 @@ class BackendTestBase:
         return "asyncio"
 
     @pytest.fixture
-    async def backend(self) -> AsyncIterator[Backend]:
+    def backend_url(self, request: pytest.FixtureRequest) -> str:
+        """The URL under test: the class's ``url``, else ``--tta-backend``."""
+        if self.url:
+            return self.url
+        url: object = request.config.getoption(BACKEND_OPTION, default=None)
+        if not isinstance(url, str):
+            pytest.fail(f"no backend to test: set url on the class or pass {BACKEND_OPTION}=URL")
+        return url
+
+    @pytest.fixture
+    async def backend(self, backend_url: str) -> AsyncIterator[Backend]:
         """A connected backend in a namespace of its own, dropped after the test."""
         namespace = f"t{uuid.uuid4().hex[:16]}"
-        async with connect(self.url, namespace=namespace) as backend:
+        async with connect(backend_url, namespace=namespace) as backend:
             try:
                 yield backend
             finally:
