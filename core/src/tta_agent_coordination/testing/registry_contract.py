@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -34,7 +34,6 @@ from tta_agent_coordination.errors import (
 )
 from tta_agent_coordination.models import (
     AgentId,
-    AgentInfo,
     Capability,
     CapabilityQuery,
     RegistryEvent,
@@ -69,7 +68,7 @@ def _shareable(url: str) -> str:
 
 
 @asynccontextmanager
-async def fresh_backend(url: str, **options: Any) -> AsyncIterator[Backend]:
+async def fresh_backend(url: str, **options: Any) -> AsyncGenerator[Backend, None]:
     """A backend for ``url`` in a namespace of its own, with ``options``; dropped afterwards."""
     namespace = f"t{uuid.uuid4().hex[:16]}"
     async with connect(url, namespace=namespace, **options) as backend:
@@ -80,7 +79,7 @@ async def fresh_backend(url: str, **options: Any) -> AsyncIterator[Backend]:
 
 
 @asynccontextmanager
-async def two_clients(url: str, **options: Any) -> AsyncIterator[tuple[Backend, Backend]]:
+async def two_clients(url: str, **options: Any) -> AsyncGenerator[tuple[Backend, Backend], None]:
     """Two backends connected to one store and one fresh namespace, as two processes would be.
 
     Skips the test if the backend lacks ``clock_control`` (the shared tests move the clock).
@@ -536,7 +535,6 @@ class RegistryContract(BackendTestBase):
         """discover() is the brute-force filter and sort over every live agent."""
         async with fresh_backend(self.url) as backend:
             store = backend.registry
-            infos: list[AgentInfo] = []
             for n, (version, tags, load, available, named) in enumerate(agents):
                 name = "summarise" if named else "other"
                 await store.register(
@@ -546,8 +544,8 @@ class RegistryContract(BackendTestBase):
                     available=available,
                 )
             infos = await store.list()
-            for version, tags, max_load, limit in queries:
-                query = CapabilityQuery("summarise", version, tags=tags, max_load=max_load)
+            for spec, wanted, max_load, limit in queries:
+                query = CapabilityQuery("summarise", spec, tags=wanted, max_load=max_load)
                 expected = sorted(
                     (i for i in infos if i.holds(query)), key=lambda i: (i.load, i.agent_id)
                 )
