@@ -1,0 +1,793 @@
+"""The queue contract: backend-agnostic tests of the ``QueueStore`` clauses of the contract.
+
+Subclass :class:`QueueContract` and set ``url``. Tests of time move the backend's clock with
+``advance()`` and leave margins (visibility 10 s, advance 11 s), so they also pass on a clock
+that flows in real time. Tests of concurrency race real tasks; nothing sleeps to hide a race.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, ClassVar
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from ..errors import (
+    InvalidReceiptError,
+    MessageTooLargeError,
+    QueueFullError,
+    ValidationError,
+)
+from ..models import AgentId, AgentMessage, DeadLetterReason, Delivery, EnqueueRequest
+from ..plugins import connect
+from ..protocols import Backend, ClockControl, QueueStore
+from .base import BackendTestBase, advance
+
+__all__ = ["QueueContract"]
+
+SENDER = AgentId("contract", "sender")
+QUEUE = AgentId("contract", "q1")
+OTHER = AgentId("contract", "q2")
+
+
+def message(
+    recipient: AgentId = QUEUE,
+    *,
+    priority: int = 5,
+    payload: Any = None,
+    ttl: float | None = None,
+) -> AgentMessage:
+    """A small test message."""
+    return AgentMessage(
+        sender=SENDER,
+        recipient=recipient,
+        priority=priority,
+        payload=payload if payload is not None else {},
+        ttl=ttl,
+    )
+
+
+async def reserve_one(store: QueueStore, queue: AgentId = QUEUE, vt: float = 10.0) -> Delivery:
+    """Reserve exactly one delivery (fails the test otherwise)."""
+    got = await store.reserve(queue, visibility_timeout=vt)
+    assert len(got) == 1, got
+    return got[0]
+
+
+async def drain_ids(store: QueueStore, queue: AgentId = QUEUE) -> list[str]:
+    """Reserve and ack everything due; the entry ids in delivery order."""
+    ids: list[str] = []
+    while got := await store.reserve(queue, visibility_timeout=10, max_messages=7):
+        ids.extend(d.entry_id for d in got)
+        assert all(await store.ack_many([d.receipt for d in got]))
+    return ids
+
+
+class QueueContract(BackendTestBase):
+    """The queue clauses of the contract, for any backend.
+
+    ``shared_url`` names a URL whose backends share one store (for the namespace isolation
+    test); it defaults to ``url``.
+    """
+
+    shared_url: ClassVar[str | None] = None
+
+    @asynccontextmanager
+    async def connect_with(self, **options: Any) -> AsyncIterator[Backend]:
+        """Another backend on ``url`` in a fresh namespace, with extra options."""
+        namespace = f"t{uuid.uuid4().hex[:16]}"
+        async with connect(self.url, namespace=namespace, **options) as backend:
+            try:
+                yield backend
+            finally:
+                await backend.drop_namespace()
+
+    # -- basics -------------------------------------------------------------------------------
+
+    async def test_enqueue_then_reserve_returns_the_message(self, backend: Backend) -> None:
+        store = backend.queue
+        sent = message(payload={"n": 1})
+        entry_id = await store.enqueue(sent)
+        delivery = await reserve_one(store)
+        assert delivery.entry_id == entry_id
+        assert delivery.queue == QUEUE
+        assert delivery.message == sent
+        assert delivery.attempt == 1
+        assert delivery.max_attempts == backend.options.max_attempts
+        assert delivery.last_error is None
+        assert await store.reserve(QUEUE, visibility_timeout=10) == []
+
+    async def test_each_enqueue_is_its_own_entry(self, backend: Backend) -> None:
+        store = backend.queue
+        sent = message()
+        first = await store.enqueue(sent)
+        second = await store.enqueue(sent)
+        assert first != second
+        assert sorted(await drain_ids(store)) == sorted([first, second])
+
+    async def test_queues_are_separate_and_shared_type_queue_is_its_own(
+        self, backend: Backend
+    ) -> None:
+        store = backend.queue
+        shared = AgentId("contract")
+        a = await store.enqueue(message(QUEUE))
+        b = await store.enqueue(message(shared))
+        assert await drain_ids(store, OTHER) == []
+        assert await drain_ids(store, shared) == [b]
+        assert await drain_ids(store, QUEUE) == [a]
+
+    async def test_serialised_mutating_the_sent_object_changes_nothing(
+        self, backend: Backend
+    ) -> None:
+        store = backend.queue
+        payload: dict[str, Any] = {"items": [1, 2]}
+        sent = message(payload=payload)
+        await store.enqueue(sent)
+        payload["items"].append(3)
+        payload["new"] = True
+        delivery = await reserve_one(store)
+        assert delivery.message.payload == {"items": [1, 2]}
+        # a delivered object is a copy too: mutating it does not change a redelivery
+        delivered = delivery.message.payload
+        assert isinstance(delivered, dict)
+        delivered["mutated"] = True
+        assert await store.release(delivery.receipt)
+        again = await reserve_one(store)
+        assert again.message.payload == {"items": [1, 2]}
+
+    # -- ordering -----------------------------------------------------------------------------
+
+    async def test_highest_priority_first_then_fifo(self, backend: Backend) -> None:
+        store = backend.queue
+        low = await store.enqueue(message(priority=1))
+        normal1 = await store.enqueue(message(priority=5))
+        high1 = await store.enqueue(message(priority=9))
+        normal2 = await store.enqueue(message(priority=5))
+        high2 = await store.enqueue(message(priority=9))
+        zero = await store.enqueue(message(priority=0))
+        got = await store.reserve(QUEUE, visibility_timeout=10, max_messages=10)
+        assert [d.entry_id for d in got] == [high1, high2, normal1, normal2, low, zero]
+
+    async def test_max_messages_takes_a_prefix_in_order(self, backend: Backend) -> None:
+        store = backend.queue
+        ids = [await store.enqueue(message()) for _ in range(5)]
+        first = await store.reserve(QUEUE, visibility_timeout=10, max_messages=3)
+        second = await store.reserve(QUEUE, visibility_timeout=10, max_messages=3)
+        assert [d.entry_id for d in first] == ids[:3]
+        assert [d.entry_id for d in second] == ids[3:]
+        assert len({d.receipt for d in first + second}) == 5
+
+    async def test_delay_hides_an_entry_until_due(
+        self, backend: Backend, clock: ClockControl
+    ) -> None:
+        store = backend.queue
+        delayed = await store.enqueue(message(), delay=10)
+        assert await store.reserve(QUEUE, visibility_timeout=10) == []
+        stats = await store.stats(QUEUE)
+        assert (stats.ready, stats.delayed) == (0, 1)
+        await advance(backend, 11)
+        assert (await reserve_one(store)).entry_id == delayed
+
+    async def test_order_within_priority_is_by_due_time(
+        self, backend: Backend, clock: ClockControl
+    ) -> None:
+        store = backend.queue
+        late = await store.enqueue(message(), delay=10)
+        now = await store.enqueue(message())
+        await advance(backend, 11)
+        after = await store.enqueue(message())
+        assert await drain_ids(store) == [now, late, after]
+
+    async def test_reclaimed_entry_orders_by_its_deadline(
+        self, backend: Backend, clock: ClockControl
+    ) -> None:
+        store = backend.queue
+        first = await store.enqueue(message())
+        await reserve_one(store, vt=10)
+        await advance(backend, 11)
+        later = await store.enqueue(message())
+        assert await drain_ids(store) == [first, later]
+
+    # -- visibility, receipts and attempts ----------------------------------------------------
+
+    async def test_reserved_entry_is_invisible_then_reclaimed_without_a_sweeper(
+        self, backend: Backend, clock: ClockControl
+    ) -> None:
+        store = backend.queue
+        entry_id = await store.enqueue(message())
+        first = await reserve_one(store, vt=10)
+        assert await store.reserve(QUEUE, visibility_timeout=10) == []
+        assert (await store.stats(QUEUE)).reserved == 1
+        await advance(backend, 11)
+        second = await reserve_one(store)
+        assert second.entry_id == entry_id
+        assert second.attempt == 2
+        assert second.receipt != first.receipt
+        assert await store.ack(first.receipt) is False
+        assert await store.ack(second.receipt) is True
+        assert (await store.stats(QUEUE)).live == 0
+
+    async def test_stale_receipt_changes_nothing(self, backend: Backend) -> None:
+        store = backend.queue
+        await store.enqueue(message())
+        delivery = await reserve_one(store)
+        assert await store.ack(delivery.receipt) is True
+        assert await store.ack(delivery.receipt) is True  # a retried ack after a lost reply
+        assert await store.nack(delivery.receipt) is False
+        assert await store.release(delivery.receipt) is False
+        assert await store.extend(delivery.receipt, visibility_timeout=10) is False
+        assert await store.dead_letter(delivery.receipt, reason="x") is False
+        assert await store.dead_letter_count(QUEUE) == 0
+        assert (await store.stats(QUEUE)).live == 0
+
+    async def test_receipt_of_a_released_delivery_is_stale(self, backend: Backend) -> None:
+        store = backend.queue
+        await store.enqueue(message())
+        first = await reserve_one(store)
+        assert await store.release(first.receipt) is True
+        second = await reserve_one(store)
+        assert await store.ack(first.receipt) is False
+        assert await store.nack(first.receipt) is False
+        assert await store.ack(second.receipt) is True
+
+    async def test_malformed_receipt_raises(self, backend: Backend) -> None:
+        store = backend.queue
+        for bad in ("", "nonsense", "x" * 10):
+            with pytest.raises(InvalidReceiptError):
+                await store.ack(bad)
+            with pytest.raises(InvalidReceiptError):
+                await store.nack(bad)
+            with pytest.raises(InvalidReceiptError):
+                await store.release(bad)
+
+    async def test_attempts_count_nacks_and_expiries_not_releases(
+        self, backend: Backend, clock: ClockControl
+    ) -> None:
+        store = backend.queue
+        await store.enqueue(message(), max_attempts=10)
+        d1 = await reserve_one(store)
+        assert d1.attempt == 1
+        assert await store.release(d1.receipt)
+        d2 = await reserve_one(store)
+        assert d2.attempt == 1
+        assert await store.nack(d2.receipt, error="boom")
+        d3 = await reserve_one(store, vt=10)
+        assert d3.attempt == 2
+        assert d3.last_error == "boom"
+        await advance(backend, 11)
+        d4 = await reserve_one(store)
+        assert d4.attempt == 3
+        assert await store.release(d4.receipt)
+        assert (await reserve_one(store)).attempt == 3
+
+    async def test_nack_delay_makes_it_due_later(
+        self, backend: Backend, clock: ClockControl
+    ) -> None:
+        store = backend.queue
+        await store.enqueue(message())
+        delivery = await reserve_one(store)
+        assert await store.nack(delivery.receipt, delay=10)
+        assert await store.reserve(QUEUE, visibility_timeout=10) == []
+        assert (await store.stats(QUEUE)).delayed == 1
+        await advance(backend, 11)
+        assert (await reserve_one(store)).attempt == 2
+
+    async def test_extend_keeps_it_reserved(self, backend: Backend, clock: ClockControl) -> None:
+        store = backend.queue
+        await store.enqueue(message())
+        delivery = await reserve_one(store, vt=10)
+        await advance(backend, 6)
+        assert await store.extend(delivery.receipt, visibility_timeout=10)
+        await advance(backend, 6)
+        assert await store.reserve(QUEUE, visibility_timeout=10) == []
+        assert await store.ack(delivery.receipt) is True
+
+    async def test_max_attempts_by_nack_dead_letters(self, backend: Backend) -> None:
+        store = backend.queue
+        entry_id = await store.enqueue(message(), max_attempts=2)
+        first = await reserve_one(store)
+        assert not first.is_last_attempt
+        assert await store.nack(first.receipt, error="e1")
+        second = await reserve_one(store)
+        assert second.attempt == 2
+        assert second.is_last_attempt
+        assert await store.nack(second.receipt, error="e2")
+        assert await store.reserve(QUEUE, visibility_timeout=10) == []
+        dead = await store.get_dead_letter(QUEUE, entry_id)
+        assert dead is not None
+        assert dead.reason == DeadLetterReason.MAX_ATTEMPTS
+        assert dead.error == "e2"
+        assert dead.attempts == 2
+        assert (await store.stats(QUEUE)).live == 0
+
+    async def test_max_attempts_by_expired_reservation_dead_letters(
+        self, backend: Backend, clock: ClockControl
+    ) -> None:
+        store = backend.queue
+        entry_id = await store.enqueue(message(), max_attempts=1)
+        await reserve_one(store, vt=10)
+        await advance(backend, 11)
+        assert await store.reserve(QUEUE, visibility_timeout=10) == []
+        dead = await store.get_dead_letter(QUEUE, entry_id)
+        assert dead is not None
+        assert dead.reason == DeadLetterReason.MAX_ATTEMPTS
+        assert dead.attempts == 1
+
+    async def test_dead_letter_by_receipt(self, backend: Backend) -> None:
+        store = backend.queue
+        entry_id = await store.enqueue(message(payload={"k": "v"}))
+        delivery = await reserve_one(store)
+        assert await store.dead_letter(delivery.receipt, reason="poison", error="bad input")
+        dead = await store.get_dead_letter(QUEUE, entry_id)
+        assert dead is not None
+        assert (dead.reason, dead.error, dead.attempts) == ("poison", "bad input", 1)
+        assert dead.message is not None
+        assert dead.message.payload == {"k": "v"}
+        assert dead.dead_at >= dead.enqueued_at
+        stats = await store.stats(QUEUE)
+        assert (stats.live, stats.dead) == (0, 1)
+
+    # -- ttl ----------------------------------------------------------------------------------
+
+    async def test_expired_message_is_never_delivered(
+        self, backend: Backend, clock: ClockControl
+    ) -> None:
+        store = backend.queue
+        entry_id = await store.enqueue(message(ttl=10))
+        keep = await store.enqueue(message(ttl=100))
+        await advance(backend, 11)
+        stats = await store.stats(QUEUE)
+        assert (stats.ready, stats.dead) == (1, 1)
+        assert (await reserve_one(store)).entry_id == keep
+        dead = await store.get_dead_letter(QUEUE, entry_id)
+        assert dead is not None
+        assert dead.reason == DeadLetterReason.EXPIRED
+
+    async def test_expired_while_delayed_or_reserved(
+        self, backend: Backend, clock: ClockControl
+    ) -> None:
+        store = backend.queue
+        delayed = await store.enqueue(message(ttl=10), delay=20)
+        reserved = await store.enqueue(message(ttl=10))
+        delivery = await reserve_one(store, vt=30)
+        await advance(backend, 11)
+        assert await store.release(delivery.receipt)
+        assert await store.reserve(QUEUE, visibility_timeout=10) == []
+        assert await store.dead_letter_count(QUEUE) == 2
+        for entry_id in (delayed, reserved):
+            dead = await store.get_dead_letter(QUEUE, entry_id)
+            assert dead is not None
+            assert dead.reason == DeadLetterReason.EXPIRED
+
+    # -- dedup and entry ids -------------------------------------------------------------------
+
+    async def test_dedup_key_collapses_sends_while_live(self, backend: Backend) -> None:
+        store = backend.queue
+        first = await store.enqueue(message(), dedup_key="k")
+        assert await store.enqueue(message(), dedup_key="k") == first
+        other = await store.enqueue(message(), dedup_key="k", entry_id="explicit")
+        assert other == first
+        assert await store.enqueue(message(OTHER), dedup_key="k") != first  # scope: the queue
+        assert (await store.stats(QUEUE)).live == 1
+        delivery = await reserve_one(store)
+        assert await store.enqueue(message(), dedup_key="k") == first  # reserved: still live
+        assert await store.ack(delivery.receipt)
+        fresh = await store.enqueue(message(), dedup_key="k")  # dedup_window 0: free again
+        assert fresh != first
+
+    async def test_dedup_key_of_a_dead_entry_is_free(self, backend: Backend) -> None:
+        store = backend.queue
+        first = await store.enqueue(message(), dedup_key="k")
+        delivery = await reserve_one(store)
+        assert await store.dead_letter(delivery.receipt, reason="x")
+        assert await store.enqueue(message(), dedup_key="k") != first
+
+    async def test_dedup_window_after_settling(self, clock: ClockControl) -> None:
+        async with self.connect_with(dedup_window=10) as backend:
+            store = backend.queue
+            first = await store.enqueue(message(), dedup_key="k")
+            assert await store.ack((await reserve_one(store)).receipt)
+            assert await store.enqueue(message(), dedup_key="k") == first
+            await advance(backend, 11)
+            assert await store.enqueue(message(), dedup_key="k") != first
+
+    async def test_repeated_entry_id_writes_nothing(self, backend: Backend) -> None:
+        store = backend.queue
+        assert await store.enqueue(message(), entry_id="e-1") == "e-1"
+        assert await store.enqueue(message(priority=9), entry_id="e-1") == "e-1"
+        assert (await store.stats(QUEUE)).live == 1
+        assert await store.enqueue(message(OTHER), entry_id="e-1") == "e-1"  # scope: the queue
+        assert (await store.stats(OTHER)).live == 1
+        delivery = await reserve_one(store)
+        assert delivery.message.priority == 5
+        assert await store.ack(delivery.receipt)
+        assert await store.enqueue(message(), entry_id="e-1") == "e-1"  # settled, retained
+        assert (await store.stats(QUEUE)).live == 0
+
+    async def test_entry_id_of_a_dead_letter_writes_nothing(self, backend: Backend) -> None:
+        store = backend.queue
+        await store.enqueue(message(), entry_id="e-2")
+        assert await store.dead_letter((await reserve_one(store)).receipt, reason="x")
+        assert await store.enqueue(message(), entry_id="e-2") == "e-2"
+        assert (await store.stats(QUEUE)).live == 0
+
+    async def test_entry_id_retention_ends(self, clock: ClockControl) -> None:
+        async with self.connect_with(entry_id_retention=10) as backend:
+            store = backend.queue
+            await store.enqueue(message(), entry_id="e-3")
+            assert await store.ack((await reserve_one(store)).receipt)
+            assert await store.enqueue(message(), entry_id="e-3") == "e-3"
+            assert (await store.stats(QUEUE)).live == 0
+            await advance(backend, 11)
+            assert await store.enqueue(message(), entry_id="e-3") == "e-3"
+            assert (await store.stats(QUEUE)).live == 1
+
+    # -- dead letters -------------------------------------------------------------------------
+
+    async def _kill(self, store: QueueStore, n: int, queue: AgentId = QUEUE) -> list[str]:
+        ids: list[str] = []
+        for i in range(n):
+            ids.append(await store.enqueue(message(queue, payload={"i": i})))
+            assert await store.dead_letter((await reserve_one(store, queue)).receipt, reason="x")
+        return ids
+
+    async def test_dead_letters_are_paged_oldest_first(self, backend: Backend) -> None:
+        store = backend.queue
+        ids = await self._kill(store, 5)
+        assert await store.dead_letter_count(QUEUE) == 5
+        seen: list[str] = []
+        cursor: str | None = None
+        pages = 0
+        while True:
+            page = await store.dead_letters(QUEUE, limit=2, cursor=cursor)
+            pages += 1
+            assert len(page.items) <= 2
+            seen.extend(d.entry_id for d in page.items)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert seen == ids
+        assert pages == 3
+        assert await store.get_dead_letter(QUEUE, "missing") is None
+        empty = await store.dead_letters(OTHER)
+        assert (empty.items, empty.next_cursor) == ([], None)
+
+    async def test_replay_some_and_all(self, backend: Backend) -> None:
+        store = backend.queue
+        ids = await self._kill(store, 3)
+        assert await store.replay_dead_letters(QUEUE, [ids[1], "missing"]) == [ids[1]]
+        assert await store.dead_letter_count(QUEUE) == 2
+        delivery = await reserve_one(store)
+        assert (delivery.entry_id, delivery.attempt) == (ids[1], 1)
+        assert await store.ack(delivery.receipt)
+        assert await store.replay_dead_letters(QUEUE) == [ids[0], ids[2]]
+        assert await store.dead_letter_count(QUEUE) == 0
+        assert await drain_ids(store) == [ids[0], ids[2]]
+
+    async def test_replay_is_not_refused_by_the_cap(self) -> None:
+        async with self.connect_with(max_queue_length=1) as backend:
+            store = backend.queue
+            dead = await self._kill(store, 1)
+            await store.enqueue(message())
+            with pytest.raises(QueueFullError):
+                await store.enqueue(message())
+            assert await store.replay_dead_letters(QUEUE) == dead
+            assert (await store.stats(QUEUE)).live == 2
+
+    async def test_purge(self, backend: Backend) -> None:
+        store = backend.queue
+        ids = await self._kill(store, 4)
+        assert await store.purge_dead_letters(QUEUE, [ids[0], "missing"]) == 1
+        assert await store.get_dead_letter(QUEUE, ids[0]) is None
+        assert await store.purge_dead_letters(QUEUE) == 3
+        assert await store.dead_letter_count(QUEUE) == 0
+        assert await store.purge_dead_letters(OTHER) == 0
+
+    async def test_dead_letter_retention_by_length(self) -> None:
+        async with self.connect_with(dead_letter_max_length=2) as backend:
+            store = backend.queue
+            ids = await self._kill(store, 4)
+            page = await store.dead_letters(QUEUE)
+            assert [d.entry_id for d in page.items] == ids[2:]
+
+    async def test_dead_letter_retention_by_age(self, clock: ClockControl) -> None:
+        async with self.connect_with(dead_letter_max_age=10) as backend:
+            store = backend.queue
+            await self._kill(store, 2)
+            await advance(backend, 11)
+            kept = await self._kill(store, 1)
+            assert await store.dead_letter_count(QUEUE) == 1
+            assert [d.entry_id for d in (await store.dead_letters(QUEUE)).items] == kept
+
+    # -- stats, index, drop -------------------------------------------------------------------
+
+    async def test_stats_counts_each_state(self, backend: Backend, clock: ClockControl) -> None:
+        store = backend.queue
+        await store.enqueue(message())
+        await store.enqueue(message())
+        await store.enqueue(message(), delay=10)
+        await reserve_one(store)
+        await self._kill(store, 1)
+        stats = await store.stats(QUEUE)
+        assert (stats.ready, stats.delayed, stats.reserved, stats.dead) == (1, 1, 1, 1)
+        assert stats.queue == QUEUE
+        unknown = await store.stats(OTHER)
+        assert (unknown.live, unknown.dead) == (0, 0)
+
+    async def test_queues_index_and_stats_all(self, backend: Backend) -> None:
+        store = backend.queue
+        names = [AgentId("contract", f"s{i}") for i in range(5)]
+        for name in reversed(names):
+            await store.enqueue(message(name))
+        assert await store.queues() == names
+        seen: list[AgentId] = []
+        cursor: str | None = None
+        while True:
+            page = await store.stats_all(limit=2, cursor=cursor)
+            assert len(page.items) <= 2
+            seen.extend(s.queue for s in page.items)
+            assert all(s.ready == 1 for s in page.items)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert seen == sorted(names, key=str)
+
+    async def test_empty_queue_stays_listed_until_dropped(self, backend: Backend) -> None:
+        store = backend.queue
+        assert await store.queues() == []
+        await store.enqueue(message())
+        assert len(await drain_ids(store)) == 1
+        assert await store.queues() == [QUEUE]  # empty, still listed
+        await self._kill(store, 1)
+        await store.enqueue(message(), delay=100)
+        await store.enqueue(message())
+        assert await store.drop_queue(QUEUE) == 3  # one ready, one delayed, one dead
+        assert await store.queues() == []
+        assert (await store.stats(QUEUE)).dead == 0
+        assert await store.drop_queue(QUEUE) == 0
+
+    async def test_drop_queue_makes_receipts_stale(self, backend: Backend) -> None:
+        store = backend.queue
+        await store.enqueue(message())
+        delivery = await reserve_one(store)
+        assert await store.drop_queue(QUEUE) == 1
+        assert await store.ack(delivery.receipt) is False
+
+    async def test_namespaces_are_isolated(self) -> None:
+        url = self.shared_url or self.url
+        first, second = (f"t{uuid.uuid4().hex[:16]}" for _ in range(2))
+        async with connect(url, namespace=first) as a, connect(url, namespace=second) as b:
+            try:
+                await a.queue.enqueue(message())
+                assert await b.queue.queues() == []
+                assert await b.queue.reserve(QUEUE, visibility_timeout=10) == []
+                assert (await a.queue.stats(QUEUE)).ready == 1
+                await b.drop_namespace()
+                assert (await a.queue.stats(QUEUE)).ready == 1
+            finally:
+                await a.drop_namespace()
+                await b.drop_namespace()
+
+    async def test_drop_namespace_forgets_queues(self) -> None:
+        async with self.connect_with() as backend:
+            await backend.queue.enqueue(message())
+            await backend.drop_namespace()
+            assert await backend.queue.queues() == []
+            assert (await backend.queue.stats(QUEUE)).live == 0
+
+    # -- cap and size -------------------------------------------------------------------------
+
+    async def test_cap_counts_ready_delayed_and_reserved(self) -> None:
+        async with self.connect_with(max_queue_length=3) as backend:
+            store = backend.queue
+            await store.enqueue(message())
+            await store.enqueue(message(), delay=100)
+            await store.enqueue(message())
+            await reserve_one(store)
+            with pytest.raises(QueueFullError):
+                await store.enqueue(message())
+            assert (await store.stats(QUEUE)).live == 3
+            await store.enqueue(message(OTHER))  # the cap is per queue
+
+    async def test_message_too_large_writes_nothing(self) -> None:
+        async with self.connect_with(max_message_bytes=300) as backend:
+            store = backend.queue
+            with pytest.raises(MessageTooLargeError):
+                await store.enqueue(message(payload={"big": "x" * 400}))
+            with pytest.raises(MessageTooLargeError):
+                await store.enqueue_many(
+                    [
+                        EnqueueRequest(message=message()),
+                        EnqueueRequest(message=message(payload={"big": "x" * 400})),
+                    ]
+                )
+            assert (await store.stats(QUEUE)).live == 0
+
+    # -- batches ------------------------------------------------------------------------------
+
+    async def test_enqueue_many_in_order(self, backend: Backend) -> None:
+        store = backend.queue
+        ids = await store.enqueue_many(
+            [
+                EnqueueRequest(message=message(priority=1)),
+                EnqueueRequest(message=message(priority=9)),
+                EnqueueRequest(message=message(), entry_id="b-1"),
+                EnqueueRequest(message=message(), entry_id="b-1"),
+                EnqueueRequest(message=message(), dedup_key="d"),
+                EnqueueRequest(message=message(), dedup_key="d"),
+                EnqueueRequest(message=message(), delay=100),
+            ]
+        )
+        assert ids[2] == ids[3] == "b-1"
+        assert ids[4] == ids[5]
+        assert len(set(ids)) == 5
+        assert await store.enqueue_many([]) == []
+        assert await drain_ids(store) == [ids[1], ids[2], ids[4], ids[0]]
+
+    async def test_enqueue_many_is_all_or_nothing_at_the_cap(self) -> None:
+        async with self.connect_with(max_queue_length=3) as backend:
+            store = backend.queue
+            await store.enqueue(message())
+            await store.enqueue(message())
+            batch = [EnqueueRequest(message=message()) for _ in range(2)]
+            with pytest.raises(QueueFullError):
+                await store.enqueue_many(batch)
+            assert (await store.stats(QUEUE)).live == 2
+            assert len(await store.enqueue_many(batch[:1])) == 1
+
+    async def test_enqueue_many_takes_one_queue(self, backend: Backend) -> None:
+        store = backend.queue
+        with pytest.raises(ValidationError):
+            await store.enqueue_many(
+                [EnqueueRequest(message=message()), EnqueueRequest(message=message(OTHER))]
+            )
+        assert await store.queues() == []
+
+    async def test_ack_many(self, backend: Backend) -> None:
+        store = backend.queue
+        for _ in range(3):
+            await store.enqueue(message())
+        got = await store.reserve(QUEUE, visibility_timeout=10, max_messages=3)
+        assert await store.ack(got[0].receipt)
+        assert await store.ack_many([d.receipt for d in got]) == [True, True, True]
+        assert await store.ack_many([]) == []
+        await store.enqueue(message(OTHER))
+        other = await reserve_one(store, OTHER)
+        with pytest.raises(ValidationError):
+            await store.ack_many([got[0].receipt, other.receipt])
+        assert (await store.stats(OTHER)).reserved == 1
+
+    # -- waiting ------------------------------------------------------------------------------
+
+    async def test_wait_is_woken_by_enqueue(self, backend: Backend) -> None:
+        store = backend.queue
+        got: list[Delivery] = []
+
+        async def consumer() -> None:
+            got.extend(await store.reserve(QUEUE, visibility_timeout=10, wait=30))
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(consumer)
+                await anyio.wait_all_tasks_blocked()
+                assert got == []
+                entry_id = await store.enqueue(message())
+        assert [d.entry_id for d in got] == [entry_id]
+
+    async def test_wait_is_woken_by_the_clock(
+        self, backend: Backend, clock: ClockControl
+    ) -> None:
+        store = backend.queue
+        entry_id = await store.enqueue(message(), delay=1000)
+        got: list[Delivery] = []
+
+        async def consumer() -> None:
+            got.extend(await store.reserve(QUEUE, visibility_timeout=10, wait=30))
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(consumer)
+                await anyio.wait_all_tasks_blocked()
+                assert got == []
+                await advance(backend, 1001)
+        assert [d.entry_id for d in got] == [entry_id]
+
+    async def test_wait_is_woken_by_release(self, backend: Backend) -> None:
+        store = backend.queue
+        await store.enqueue(message())
+        held = await reserve_one(store)
+        got: list[Delivery] = []
+
+        async def consumer() -> None:
+            got.extend(await store.reserve(QUEUE, visibility_timeout=10, wait=30))
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(consumer)
+                await anyio.wait_all_tasks_blocked()
+                assert await store.release(held.receipt)
+        assert [d.entry_id for d in got] == [held.entry_id]
+
+    async def test_wait_elapses_empty(self, backend: Backend) -> None:
+        store = backend.queue
+        with anyio.fail_after(5):
+            start = anyio.current_time()
+            assert await store.reserve(QUEUE, visibility_timeout=10, wait=0.05) == []
+            assert anyio.current_time() - start >= 0.04
+
+    # -- concurrency --------------------------------------------------------------------------
+
+    async def test_racing_reservers_never_share_an_entry(self, backend: Backend) -> None:
+        store = backend.queue
+        ids = await store.enqueue_many([EnqueueRequest(message=message())] * 60)
+        seen: list[str] = []
+
+        async def reserver() -> None:
+            while got := await store.reserve(QUEUE, visibility_timeout=30, max_messages=3):
+                seen.extend(d.entry_id for d in got)
+                await anyio.lowlevel.checkpoint()
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for _ in range(10):
+                    tg.start_soon(reserver)
+        assert sorted(seen) == sorted(ids)
+
+    async def test_racing_producers_never_pass_the_cap(self) -> None:
+        async with self.connect_with(max_queue_length=5) as backend:
+            store = backend.queue
+            outcomes: list[bool] = []
+
+            async def producer() -> None:
+                try:
+                    await store.enqueue(message())
+                    outcomes.append(True)
+                except QueueFullError:
+                    outcomes.append(False)
+
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(20):
+                        tg.start_soon(producer)
+            assert outcomes.count(True) == 5
+            assert (await store.stats(QUEUE)).live == 5
+
+    # -- bad input ----------------------------------------------------------------------------
+
+    async def test_bad_input_raises_and_changes_nothing(self, backend: Backend) -> None:
+        store = backend.queue
+        await store.enqueue(message())
+        delivery = await reserve_one(store)
+        bad_calls: list[Any] = [
+            lambda: store.enqueue("not a message"),  # type: ignore[arg-type]
+            lambda: store.enqueue(message(), delay=-1),
+            lambda: store.enqueue(message(), max_attempts=0),
+            lambda: store.enqueue(message(), entry_id=""),
+            lambda: store.enqueue(message(), dedup_key=""),
+            lambda: store.enqueue_many(["x"]),  # type: ignore[list-item]
+            lambda: store.reserve(QUEUE, visibility_timeout=0),
+            lambda: store.reserve(QUEUE, visibility_timeout=-1),
+            lambda: store.reserve(QUEUE, visibility_timeout=float("nan")),
+            lambda: store.reserve(QUEUE, visibility_timeout=10, max_messages=0),
+            lambda: store.reserve(QUEUE, visibility_timeout=10, max_messages=1001),
+            lambda: store.reserve(QUEUE, visibility_timeout=10, wait=-1),
+            lambda: store.reserve("contract:q1", visibility_timeout=10),  # type: ignore[arg-type]
+            lambda: store.nack(delivery.receipt, delay=-1),
+            lambda: store.extend(delivery.receipt, visibility_timeout=0),
+            lambda: store.dead_letter(delivery.receipt, reason=""),
+            lambda: store.dead_letters(QUEUE, limit=0),
+            lambda: store.dead_letters(QUEUE, limit=1001),
+            lambda: store.stats_all(limit=0),
+            lambda: store.replay_dead_letters(QUEUE, "abc"),
+        ]
+        for call in bad_calls:
+            with pytest.raises(ValidationError):
+                await call()
+        stats = await store.stats(QUEUE)
+        assert (stats.ready, stats.reserved, stats.delayed, stats.dead) == (0, 1, 0, 0)
+        assert await store.queues() == [QUEUE]
+        assert await store.ack(delivery.receipt) is True
