@@ -350,6 +350,15 @@ def test_deadline_stops_before_a_wait_that_would_pass_it() -> None:
     assert fake.slept == [1.0, 2.0]
 
 
+def test_an_attempt_may_start_exactly_at_the_deadline() -> None:
+    fake = FakeTime()
+    flaky = Flaky(2)
+    # Waits of 1 and 2 seconds: the third attempt starts at +3s, exactly the deadline.
+    wrapped = retry(no_jitter(base=1.0), deadline=3.0, sleep=fake.sleep, clock=fake.clock)(flaky)
+    assert wrapped() == 3
+    assert fake.now == 1003.0
+
+
 def test_deadline_counts_time_spent_in_the_call() -> None:
     fake = FakeTime()
 
