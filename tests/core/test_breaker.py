@@ -11,7 +11,7 @@ import pytest
 
 from tta_agent_coordination import breaker as breaker_module
 from tta_agent_coordination.backends.memory import MemoryBackend
-from tta_agent_coordination.breaker import BREAKER_STORE_ERRORS, BreakerGuard, CircuitBreaker
+from tta_agent_coordination.breaker import BreakerGuard, CircuitBreaker
 from tta_agent_coordination.errors import (
     BackendError,
     BackendNotFoundError,
@@ -20,7 +20,11 @@ from tta_agent_coordination.errors import (
     ValidationError,
 )
 from tta_agent_coordination.hookspecs import hookimpl
-from tta_agent_coordination.metrics import BREAKER_TRANSITIONS, RecordingMetrics
+from tta_agent_coordination.metrics import (
+    BREAKER_STORE_ERRORS,
+    BREAKER_TRANSITIONS,
+    RecordingMetrics,
+)
 from tta_agent_coordination.models import (
     BreakerDecision,
     BreakerSnapshot,

@@ -6,6 +6,7 @@ breakers whose state every process shares, on pluggable backends (``memory://`` 
 
 from __future__ import annotations
 
+from .breaker import BreakerGuard, CircuitBreaker
 from .errors import (
     AgentConflictError,
     AgentNotFoundError,
@@ -13,6 +14,7 @@ from .errors import (
     BackendError,
     BackendNotFoundError,
     BackendUnavailableError,
+    CircuitBreakerOpenError,
     CircuitOpenError,
     CoordinationError,
     CoordinationWarning,
@@ -54,6 +56,7 @@ from .models import (
 )
 from .plugins import connect, installed_schemes
 from .protocols import Backend, BreakerStore, ClockControl, QueueStore, RegistryStore
+from .retry import Attempt, Retrying, RetryPolicy, retry
 from .settings import BackendOptions
 
 __version__ = "0.1.0.dev0"
@@ -64,6 +67,7 @@ __all__ = [
     "AgentInfo",
     "AgentMessage",
     "AgentNotFoundError",
+    "Attempt",
     "Backend",
     "BackendConfigWarning",
     "BackendError",
@@ -71,6 +75,7 @@ __all__ = [
     "BackendOptions",
     "BackendUnavailableError",
     "BreakerDecision",
+    "BreakerGuard",
     "BreakerSnapshot",
     "BreakerState",
     "BreakerStore",
@@ -78,7 +83,9 @@ __all__ = [
     "BreakerUpdate",
     "Capability",
     "CapabilityQuery",
+    "CircuitBreaker",
     "CircuitBreakerConfig",
+    "CircuitBreakerOpenError",
     "CircuitOpenError",
     "ClockControl",
     "CoordinationError",
@@ -106,8 +113,11 @@ __all__ = [
     "RegistryStore",
     "RequestTimeoutError",
     "RetryError",
+    "RetryPolicy",
+    "Retrying",
     "ValidationError",
     "__version__",
     "connect",
     "installed_schemes",
+    "retry",
 ]

@@ -54,7 +54,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from ._validation import require_name
 from .errors import BackendError, CircuitOpenError, ValidationError
-from .metrics import BREAKER_TRANSITIONS, NOOP_METRICS, MetricsSink
+from .metrics import BREAKER_STORE_ERRORS, BREAKER_TRANSITIONS, NOOP_METRICS, MetricsSink
 from .models import (
     BreakerSnapshot,
     BreakerState,
@@ -66,7 +66,6 @@ from .plugins import backend_from_client, connect
 from .protocols import Backend, BreakerStore
 
 __all__ = [
-    "BREAKER_STORE_ERRORS",
     "BreakerGuard",
     "CircuitBreaker",
     "OnStoreError",
@@ -77,9 +76,6 @@ R = TypeVar("R")
 
 #: What a breaker does when its store fails: fail open, fail closed, or raise.
 OnStoreError: TypeAlias = Literal["open", "closed", "raise"]
-
-#: Counter of store failures seen by breakers; labels: breaker, operation.
-BREAKER_STORE_ERRORS: Final = "tta_breaker_store_errors"
 
 logger = logging.getLogger("tta_agent_coordination.breaker")
 

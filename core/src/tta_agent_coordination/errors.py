@@ -16,7 +16,8 @@ so ``except ValueError`` and ``except ConnectionError`` keep working::
     ├── AgentConflictError                    the agent id is live under another session
     ├── AgentNotFoundError (LookupError)      no such registered agent (or no match for a route)
     ├── EventsGapError                        the events cursor was trimmed away
-    ├── CircuitOpenError                      a breaker refused the call (has retry_after)
+    ├── CircuitOpenError                      a breaker refused the call (has retry_after);
+    │                                         CircuitBreakerOpenError is the original API's name
     ├── RequestTimeoutError (TimeoutError)    no response to a request in time
     ├── HandlerTimeoutError (TimeoutError)    a handler ran past handler_timeout
     └── RetryError                            a retried call failed for good (cause chained)
@@ -38,6 +39,7 @@ __all__ = [
     "BackendError",
     "BackendNotFoundError",
     "BackendUnavailableError",
+    "CircuitBreakerOpenError",
     "CircuitOpenError",
     "CoordinationError",
     "CoordinationWarning",
@@ -136,6 +138,10 @@ class CircuitOpenError(CoordinationError):
         super().__init__(f"circuit {name!r} is open; retry after {retry_after:.3f}s")
         self.name = name
         self.retry_after = retry_after
+
+
+#: The original API's name for :class:`CircuitOpenError` (the same class).
+CircuitBreakerOpenError = CircuitOpenError
 
 
 class RequestTimeoutError(CoordinationError, TimeoutError):

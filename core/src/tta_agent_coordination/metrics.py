@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Final, Protocol, runtime_checkable
 
 __all__ = [
+    "BREAKER_STORE_ERRORS",
     "BREAKER_TRANSITIONS",
     "DELIVERIES_ACKED",
     "DELIVERIES_DEAD_LETTERED",
@@ -42,6 +43,7 @@ DELIVERIES_RELEASED: Final = "tta_deliveries_released"  # labels: queue
 DELIVERIES_DEAD_LETTERED: Final = "tta_deliveries_dead_lettered"  # labels: queue, reason
 RESPONSES_LATE: Final = "tta_responses_late"  # labels: queue
 BREAKER_TRANSITIONS: Final = "tta_breaker_transitions"  # labels: breaker, from_state, to_state
+BREAKER_STORE_ERRORS: Final = "tta_breaker_store_errors"  # labels: breaker, operation
 REGISTRY_EVENTS: Final = "tta_registry_events"  # labels: kind, agent_type
 HANDLER_DURATION: Final = "tta_handler_duration_seconds"  # histogram; labels: queue, outcome
 REQUEST_DURATION: Final = "tta_request_duration_seconds"  # histogram; labels: outcome
