@@ -22,7 +22,7 @@ from __future__ import annotations
 import builtins
 import logging
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Final
 
@@ -242,7 +242,7 @@ class AgentRegistry:
 
     async def events(
         self, after: str | None = None, *, limit: int = 100, wait: float = EVENTS_WAIT
-    ) -> AsyncIterator[RegistryEvent]:
+    ) -> AsyncGenerator[RegistryEvent, None]:
         """Every event after ``after``, forever (``None``: from now on).
 
         Resume after a restart with the last event's ``cursor``: nothing is lost or repeated.
