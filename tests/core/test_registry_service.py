@@ -125,7 +125,7 @@ class FlakyStore:
 
     async def discover(
         self, query: CapabilityQuery, *, limit: int | None = None
-    ) -> list[AgentInfo]:
+    ) -> builtins.list[AgentInfo]:
         return await self.inner.discover(query, limit=limit)
 
     async def read_events(
