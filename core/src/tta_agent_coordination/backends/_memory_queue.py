@@ -363,10 +363,6 @@ class MemoryQueueStore:
             insort(self._names, name)
         return queue
 
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
-
     def _compact(self, queue: _Queue) -> None:
         """Rebuild heaps that hold more garbage than live items (amortised O(1))."""
         if len(queue.reserved) > 2 * queue.n_reserved + _COMPACT_SLACK:
@@ -386,10 +382,8 @@ class MemoryQueueStore:
         """Forget settled entry ids past their retention and dedup keys past their window."""
         settled, expiry = queue.settled, queue.settled_expiry
         while expiry and expiry[0][0] <= now:
-            _, entry_id = expiry.popleft()
-            record = settled.get(entry_id)
-            if record is not None and record[0] + self._options.entry_id_retention <= now:
-                del settled[entry_id]
+            # An id is settled again only after its record was pruned: the record is this one.
+            settled.pop(expiry.popleft()[1], None)
         dedup, dedup_expiry = queue.dedup, queue.dedup_expiry
         while dedup_expiry and dedup_expiry[0][0] <= now:
             _, key = dedup_expiry.popleft()
@@ -412,7 +406,9 @@ class MemoryQueueStore:
         if key is None:
             return
         held = queue.dedup.get(key)
-        if held is None or held.entry_id != entry.entry_id:
+        if (
+            held is None or held.entry_id != entry.entry_id
+        ):  # pragma: no cover  # defensive: replay drops a key held by another
             return
         if self._options.dedup_window <= 0:
             del queue.dedup[key]
@@ -745,8 +741,6 @@ class MemoryQueueStore:
         if not taken:
             return []
         queue.n_reserved += len(taken)
-        if self._waiting:
-            self._wake(queue.name)  # a new reservation deadline: waiters re-arm their timers
         visible_at = _ts(deadline)
         prefix = f"{_RECEIPT_PREFIX}{queue.name}/"
         return [

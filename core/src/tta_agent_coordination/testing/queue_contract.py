@@ -678,9 +678,7 @@ class QueueContract(BackendTestBase):
                 entry_id = await store.enqueue(message())
         assert [d.entry_id for d in got] == [entry_id]
 
-    async def test_wait_is_woken_by_the_clock(
-        self, backend: Backend, clock: ClockControl
-    ) -> None:
+    async def test_wait_is_woken_by_the_clock(self, backend: Backend, clock: ClockControl) -> None:
         store = backend.queue
         entry_id = await store.enqueue(message(), delay=1000)
         got: list[Delivery] = []
