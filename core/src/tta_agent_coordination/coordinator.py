@@ -403,8 +403,10 @@ class MessageCoordinator:
                         )
         finally:
             self._reader_started = False
-            suppressed = await tg.__aexit__(exc_type, exc, tb)
-        return suppressed
+            # The body's own exception is not handed to the task group, so it propagates
+            # unchanged (not wrapped in an exception group); only a crash of the reader would.
+            await tg.__aexit__(None, None, None)
+        return None
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -1248,9 +1250,9 @@ class _Worker:
         while True:
             await self.slots.wait_free()
             await self._gate()
-            free = self.slots.free
-            if free == 0:
-                continue  # the other reserver took the slots while this one was at the gate
+            # At least one: if the other reserver took the free slots while this one was at
+            # the gate, the surplus below hands the delivery back and the loop waits for a slot.
+            free = max(self.slots.free, 1)
             try:
                 deliveries = await self.coordinator.reserve(
                     queue,
