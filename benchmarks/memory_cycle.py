@@ -79,7 +79,7 @@ def profile(shape: Shape, n: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="Full-cycle throughput of the memory queue.")
     parser.add_argument("-n", type=int, default=20_000, help="messages per run (default 20000)")
     parser.add_argument("--profile", action="store_true", help="also profile each shape")
     args = parser.parse_args()

@@ -131,7 +131,7 @@ class TestMemoryQueueDetails:
         delivery = (await store.reserve(QUEUE, visibility_timeout=10))[0]
         for call in (
             lambda: store.reserve(QUEUE, visibility_timeout="10"),  # type: ignore[arg-type]
-            lambda: store.reserve(QUEUE, visibility_timeout=True),  # type: ignore[arg-type]
+            lambda: store.reserve(QUEUE, visibility_timeout=True),
             lambda: store.reserve(QUEUE, visibility_timeout=10, max_messages=1.5),  # type: ignore[arg-type]
             lambda: store.nack(delivery.receipt, error=5),  # type: ignore[arg-type]
             lambda: store.enqueue_many("x"),  # type: ignore[arg-type]
@@ -237,6 +237,13 @@ async def test_released_entry_with_ttl_and_stale_heap_items() -> None:
     dead = await store.get_dead_letter(QUEUE, entry_id)
     assert dead is not None
     assert dead.reason == "expired"
+    # a delayed entry that expired leaves a stale item that surfaces when its due time passes
+    await store.enqueue(msg(ttl=5), delay=50)
+    await backend.clock.advance(6)
+    assert (await store.stats(QUEUE)).delayed == 0
+    await backend.clock.advance(50)
+    assert await store.reserve(QUEUE, visibility_timeout=10) == []
+    assert len(store._queues[str(QUEUE)].delayed) == 0
 
 
 @pytest.mark.anyio

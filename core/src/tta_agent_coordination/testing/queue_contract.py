@@ -8,7 +8,7 @@ that flows in real time. Tests of concurrency race real tasks; nothing sleeps to
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar
 
@@ -77,7 +77,7 @@ class QueueContract(BackendTestBase):
     shared_url: ClassVar[str | None] = None
 
     @asynccontextmanager
-    async def connect_with(self, **options: Any) -> AsyncIterator[Backend]:
+    async def connect_with(self, **options: Any) -> AsyncGenerator[Backend, None]:
         """Another backend on ``url`` in a fresh namespace, with extra options."""
         namespace = f"t{uuid.uuid4().hex[:16]}"
         async with connect(self.url, namespace=namespace, **options) as backend:
@@ -89,6 +89,7 @@ class QueueContract(BackendTestBase):
     # -- basics -------------------------------------------------------------------------------
 
     async def test_enqueue_then_reserve_returns_the_message(self, backend: Backend) -> None:
+        """Enqueue then reserve returns the message."""
         store = backend.queue
         sent = message(payload={"n": 1})
         entry_id = await store.enqueue(sent)
@@ -102,6 +103,7 @@ class QueueContract(BackendTestBase):
         assert await store.reserve(QUEUE, visibility_timeout=10) == []
 
     async def test_each_enqueue_is_its_own_entry(self, backend: Backend) -> None:
+        """Each enqueue is its own entry."""
         store = backend.queue
         sent = message()
         first = await store.enqueue(sent)
@@ -112,6 +114,7 @@ class QueueContract(BackendTestBase):
     async def test_queues_are_separate_and_shared_type_queue_is_its_own(
         self, backend: Backend
     ) -> None:
+        """Queues are separate and shared type queue is its own."""
         store = backend.queue
         shared = AgentId("contract")
         a = await store.enqueue(message(QUEUE))
@@ -123,6 +126,7 @@ class QueueContract(BackendTestBase):
     async def test_serialised_mutating_the_sent_object_changes_nothing(
         self, backend: Backend
     ) -> None:
+        """Serialised mutating the sent object changes nothing."""
         store = backend.queue
         payload: dict[str, Any] = {"items": [1, 2]}
         sent = message(payload=payload)
@@ -142,6 +146,7 @@ class QueueContract(BackendTestBase):
     # -- ordering -----------------------------------------------------------------------------
 
     async def test_highest_priority_first_then_fifo(self, backend: Backend) -> None:
+        """Highest priority first then fifo."""
         store = backend.queue
         low = await store.enqueue(message(priority=1))
         normal1 = await store.enqueue(message(priority=5))
@@ -153,6 +158,7 @@ class QueueContract(BackendTestBase):
         assert [d.entry_id for d in got] == [high1, high2, normal1, normal2, low, zero]
 
     async def test_max_messages_takes_a_prefix_in_order(self, backend: Backend) -> None:
+        """Max messages takes a prefix in order."""
         store = backend.queue
         ids = [await store.enqueue(message()) for _ in range(5)]
         first = await store.reserve(QUEUE, visibility_timeout=10, max_messages=3)
@@ -164,6 +170,7 @@ class QueueContract(BackendTestBase):
     async def test_delay_hides_an_entry_until_due(
         self, backend: Backend, clock: ClockControl
     ) -> None:
+        """Delay hides an entry until due."""
         store = backend.queue
         delayed = await store.enqueue(message(), delay=10)
         assert await store.reserve(QUEUE, visibility_timeout=10) == []
@@ -175,6 +182,7 @@ class QueueContract(BackendTestBase):
     async def test_order_within_priority_is_by_due_time(
         self, backend: Backend, clock: ClockControl
     ) -> None:
+        """Order within priority is by due time."""
         store = backend.queue
         late = await store.enqueue(message(), delay=10)
         now = await store.enqueue(message())
@@ -185,6 +193,7 @@ class QueueContract(BackendTestBase):
     async def test_reclaimed_entry_orders_by_its_deadline(
         self, backend: Backend, clock: ClockControl
     ) -> None:
+        """Reclaimed entry orders by its deadline."""
         store = backend.queue
         first = await store.enqueue(message())
         await reserve_one(store, vt=10)
@@ -197,6 +206,7 @@ class QueueContract(BackendTestBase):
     async def test_reserved_entry_is_invisible_then_reclaimed_without_a_sweeper(
         self, backend: Backend, clock: ClockControl
     ) -> None:
+        """Reserved entry is invisible then reclaimed without a sweeper."""
         store = backend.queue
         entry_id = await store.enqueue(message())
         first = await reserve_one(store, vt=10)
@@ -212,6 +222,7 @@ class QueueContract(BackendTestBase):
         assert (await store.stats(QUEUE)).live == 0
 
     async def test_stale_receipt_changes_nothing(self, backend: Backend) -> None:
+        """Stale receipt changes nothing."""
         store = backend.queue
         await store.enqueue(message())
         delivery = await reserve_one(store)
@@ -225,6 +236,7 @@ class QueueContract(BackendTestBase):
         assert (await store.stats(QUEUE)).live == 0
 
     async def test_receipt_of_a_released_delivery_is_stale(self, backend: Backend) -> None:
+        """Receipt of a released delivery is stale."""
         store = backend.queue
         await store.enqueue(message())
         first = await reserve_one(store)
@@ -235,6 +247,7 @@ class QueueContract(BackendTestBase):
         assert await store.ack(second.receipt) is True
 
     async def test_malformed_receipt_raises(self, backend: Backend) -> None:
+        """Malformed receipt raises."""
         store = backend.queue
         for bad in ("", "nonsense", "x" * 10):
             with pytest.raises(InvalidReceiptError):
@@ -247,6 +260,7 @@ class QueueContract(BackendTestBase):
     async def test_attempts_count_nacks_and_expiries_not_releases(
         self, backend: Backend, clock: ClockControl
     ) -> None:
+        """Attempts count nacks and expiries not releases."""
         store = backend.queue
         await store.enqueue(message(), max_attempts=10)
         d1 = await reserve_one(store)
@@ -267,6 +281,7 @@ class QueueContract(BackendTestBase):
     async def test_nack_delay_makes_it_due_later(
         self, backend: Backend, clock: ClockControl
     ) -> None:
+        """Nack delay makes it due later."""
         store = backend.queue
         await store.enqueue(message())
         delivery = await reserve_one(store)
@@ -277,6 +292,7 @@ class QueueContract(BackendTestBase):
         assert (await reserve_one(store)).attempt == 2
 
     async def test_extend_keeps_it_reserved(self, backend: Backend, clock: ClockControl) -> None:
+        """Extend keeps it reserved."""
         store = backend.queue
         await store.enqueue(message())
         delivery = await reserve_one(store, vt=10)
@@ -287,6 +303,7 @@ class QueueContract(BackendTestBase):
         assert await store.ack(delivery.receipt) is True
 
     async def test_max_attempts_by_nack_dead_letters(self, backend: Backend) -> None:
+        """Max attempts by nack dead letters."""
         store = backend.queue
         entry_id = await store.enqueue(message(), max_attempts=2)
         first = await reserve_one(store)
@@ -307,6 +324,7 @@ class QueueContract(BackendTestBase):
     async def test_max_attempts_by_expired_reservation_dead_letters(
         self, backend: Backend, clock: ClockControl
     ) -> None:
+        """Max attempts by expired reservation dead letters."""
         store = backend.queue
         entry_id = await store.enqueue(message(), max_attempts=1)
         await reserve_one(store, vt=10)
@@ -318,6 +336,7 @@ class QueueContract(BackendTestBase):
         assert dead.attempts == 1
 
     async def test_dead_letter_by_receipt(self, backend: Backend) -> None:
+        """Dead letter by receipt."""
         store = backend.queue
         entry_id = await store.enqueue(message(payload={"k": "v"}))
         delivery = await reserve_one(store)
@@ -336,6 +355,7 @@ class QueueContract(BackendTestBase):
     async def test_expired_message_is_never_delivered(
         self, backend: Backend, clock: ClockControl
     ) -> None:
+        """Expired message is never delivered."""
         store = backend.queue
         entry_id = await store.enqueue(message(ttl=10))
         keep = await store.enqueue(message(ttl=100))
@@ -350,6 +370,7 @@ class QueueContract(BackendTestBase):
     async def test_expired_while_delayed_or_reserved(
         self, backend: Backend, clock: ClockControl
     ) -> None:
+        """Expired while delayed or reserved."""
         store = backend.queue
         delayed = await store.enqueue(message(ttl=10), delay=20)
         reserved = await store.enqueue(message(ttl=10))
@@ -366,6 +387,7 @@ class QueueContract(BackendTestBase):
     # -- dedup and entry ids -------------------------------------------------------------------
 
     async def test_dedup_key_collapses_sends_while_live(self, backend: Backend) -> None:
+        """Dedup key collapses sends while live."""
         store = backend.queue
         first = await store.enqueue(message(), dedup_key="k")
         assert await store.enqueue(message(), dedup_key="k") == first
@@ -380,6 +402,7 @@ class QueueContract(BackendTestBase):
         assert fresh != first
 
     async def test_dedup_key_of_a_dead_entry_is_free(self, backend: Backend) -> None:
+        """Dedup key of a dead entry is free."""
         store = backend.queue
         first = await store.enqueue(message(), dedup_key="k")
         delivery = await reserve_one(store)
@@ -387,6 +410,7 @@ class QueueContract(BackendTestBase):
         assert await store.enqueue(message(), dedup_key="k") != first
 
     async def test_dedup_window_after_settling(self, clock: ClockControl) -> None:
+        """Dedup window after settling."""
         async with self.connect_with(dedup_window=10) as backend:
             store = backend.queue
             first = await store.enqueue(message(), dedup_key="k")
@@ -396,6 +420,7 @@ class QueueContract(BackendTestBase):
             assert await store.enqueue(message(), dedup_key="k") != first
 
     async def test_repeated_entry_id_writes_nothing(self, backend: Backend) -> None:
+        """Repeated entry id writes nothing."""
         store = backend.queue
         assert await store.enqueue(message(), entry_id="e-1") == "e-1"
         assert await store.enqueue(message(priority=9), entry_id="e-1") == "e-1"
@@ -409,6 +434,7 @@ class QueueContract(BackendTestBase):
         assert (await store.stats(QUEUE)).live == 0
 
     async def test_entry_id_of_a_dead_letter_writes_nothing(self, backend: Backend) -> None:
+        """Entry id of a dead letter writes nothing."""
         store = backend.queue
         await store.enqueue(message(), entry_id="e-2")
         assert await store.dead_letter((await reserve_one(store)).receipt, reason="x")
@@ -416,6 +442,7 @@ class QueueContract(BackendTestBase):
         assert (await store.stats(QUEUE)).live == 0
 
     async def test_entry_id_retention_ends(self, clock: ClockControl) -> None:
+        """Entry id retention ends."""
         async with self.connect_with(entry_id_retention=10) as backend:
             store = backend.queue
             await store.enqueue(message(), entry_id="e-3")
@@ -436,6 +463,7 @@ class QueueContract(BackendTestBase):
         return ids
 
     async def test_dead_letters_are_paged_oldest_first(self, backend: Backend) -> None:
+        """Dead letters are paged oldest first."""
         store = backend.queue
         ids = await self._kill(store, 5)
         assert await store.dead_letter_count(QUEUE) == 5
@@ -457,6 +485,7 @@ class QueueContract(BackendTestBase):
         assert (empty.items, empty.next_cursor) == ([], None)
 
     async def test_replay_some_and_all(self, backend: Backend) -> None:
+        """Replay some and all."""
         store = backend.queue
         ids = await self._kill(store, 3)
         assert await store.replay_dead_letters(QUEUE, [ids[1], "missing"]) == [ids[1]]
@@ -469,6 +498,7 @@ class QueueContract(BackendTestBase):
         assert await drain_ids(store) == [ids[0], ids[2]]
 
     async def test_replay_is_not_refused_by_the_cap(self) -> None:
+        """Replay is not refused by the cap."""
         async with self.connect_with(max_queue_length=1) as backend:
             store = backend.queue
             dead = await self._kill(store, 1)
@@ -479,6 +509,7 @@ class QueueContract(BackendTestBase):
             assert (await store.stats(QUEUE)).live == 2
 
     async def test_purge(self, backend: Backend) -> None:
+        """Purge."""
         store = backend.queue
         ids = await self._kill(store, 4)
         assert await store.purge_dead_letters(QUEUE, [ids[0], "missing"]) == 1
@@ -488,6 +519,7 @@ class QueueContract(BackendTestBase):
         assert await store.purge_dead_letters(OTHER) == 0
 
     async def test_dead_letter_retention_by_length(self) -> None:
+        """Dead letter retention by length."""
         async with self.connect_with(dead_letter_max_length=2) as backend:
             store = backend.queue
             ids = await self._kill(store, 4)
@@ -495,6 +527,7 @@ class QueueContract(BackendTestBase):
             assert [d.entry_id for d in page.items] == ids[2:]
 
     async def test_dead_letter_retention_by_age(self, clock: ClockControl) -> None:
+        """Dead letter retention by age."""
         async with self.connect_with(dead_letter_max_age=10) as backend:
             store = backend.queue
             await self._kill(store, 2)
@@ -506,6 +539,7 @@ class QueueContract(BackendTestBase):
     # -- stats, index, drop -------------------------------------------------------------------
 
     async def test_stats_counts_each_state(self, backend: Backend, clock: ClockControl) -> None:
+        """Stats counts each state."""
         store = backend.queue
         await store.enqueue(message())
         await store.enqueue(message())
@@ -519,6 +553,7 @@ class QueueContract(BackendTestBase):
         assert (unknown.live, unknown.dead) == (0, 0)
 
     async def test_queues_index_and_stats_all(self, backend: Backend) -> None:
+        """Queues index and stats all."""
         store = backend.queue
         names = [AgentId("contract", f"s{i}") for i in range(5)]
         for name in reversed(names):
@@ -537,6 +572,7 @@ class QueueContract(BackendTestBase):
         assert seen == sorted(names, key=str)
 
     async def test_empty_queue_stays_listed_until_dropped(self, backend: Backend) -> None:
+        """Empty queue stays listed until dropped."""
         store = backend.queue
         assert await store.queues() == []
         await store.enqueue(message())
@@ -551,6 +587,7 @@ class QueueContract(BackendTestBase):
         assert await store.drop_queue(QUEUE) == 0
 
     async def test_drop_queue_makes_receipts_stale(self, backend: Backend) -> None:
+        """Drop queue makes receipts stale."""
         store = backend.queue
         await store.enqueue(message())
         delivery = await reserve_one(store)
@@ -558,6 +595,7 @@ class QueueContract(BackendTestBase):
         assert await store.ack(delivery.receipt) is False
 
     async def test_namespaces_are_isolated(self) -> None:
+        """Namespaces are isolated."""
         url = self.shared_url or self.url
         first, second = (f"t{uuid.uuid4().hex[:16]}" for _ in range(2))
         async with connect(url, namespace=first) as a, connect(url, namespace=second) as b:
@@ -573,6 +611,7 @@ class QueueContract(BackendTestBase):
                 await b.drop_namespace()
 
     async def test_drop_namespace_forgets_queues(self) -> None:
+        """Drop namespace forgets queues."""
         async with self.connect_with() as backend:
             await backend.queue.enqueue(message())
             await backend.drop_namespace()
@@ -582,6 +621,7 @@ class QueueContract(BackendTestBase):
     # -- cap and size -------------------------------------------------------------------------
 
     async def test_cap_counts_ready_delayed_and_reserved(self) -> None:
+        """Cap counts ready delayed and reserved."""
         async with self.connect_with(max_queue_length=3) as backend:
             store = backend.queue
             await store.enqueue(message())
@@ -594,6 +634,7 @@ class QueueContract(BackendTestBase):
             await store.enqueue(message(OTHER))  # the cap is per queue
 
     async def test_message_too_large_writes_nothing(self) -> None:
+        """Message too large writes nothing."""
         async with self.connect_with(max_message_bytes=300) as backend:
             store = backend.queue
             with pytest.raises(MessageTooLargeError):
@@ -610,6 +651,7 @@ class QueueContract(BackendTestBase):
     # -- batches ------------------------------------------------------------------------------
 
     async def test_enqueue_many_in_order(self, backend: Backend) -> None:
+        """Enqueue many in order."""
         store = backend.queue
         ids = await store.enqueue_many(
             [
@@ -629,6 +671,7 @@ class QueueContract(BackendTestBase):
         assert await drain_ids(store) == [ids[1], ids[2], ids[4], ids[0]]
 
     async def test_enqueue_many_is_all_or_nothing_at_the_cap(self) -> None:
+        """Enqueue many is all or nothing at the cap."""
         async with self.connect_with(max_queue_length=3) as backend:
             store = backend.queue
             await store.enqueue(message())
@@ -640,6 +683,7 @@ class QueueContract(BackendTestBase):
             assert len(await store.enqueue_many(batch[:1])) == 1
 
     async def test_enqueue_many_takes_one_queue(self, backend: Backend) -> None:
+        """Enqueue many takes one queue."""
         store = backend.queue
         with pytest.raises(ValidationError):
             await store.enqueue_many(
@@ -648,6 +692,7 @@ class QueueContract(BackendTestBase):
         assert await store.queues() == []
 
     async def test_ack_many(self, backend: Backend) -> None:
+        """Ack many."""
         store = backend.queue
         for _ in range(3):
             await store.enqueue(message())
@@ -664,8 +709,10 @@ class QueueContract(BackendTestBase):
     # -- waiting ------------------------------------------------------------------------------
 
     async def test_wait_is_woken_by_enqueue(self, backend: Backend) -> None:
+        """Wait is woken by enqueue."""
         store = backend.queue
         got: list[Delivery] = []
+        sent: list[str] = []
 
         async def consumer() -> None:
             got.extend(await store.reserve(QUEUE, visibility_timeout=10, wait=30))
@@ -675,10 +722,11 @@ class QueueContract(BackendTestBase):
                 tg.start_soon(consumer)
                 await anyio.wait_all_tasks_blocked()
                 assert got == []
-                entry_id = await store.enqueue(message())
-        assert [d.entry_id for d in got] == [entry_id]
+                sent.append(await store.enqueue(message()))
+        assert [d.entry_id for d in got] == sent
 
     async def test_wait_is_woken_by_the_clock(self, backend: Backend, clock: ClockControl) -> None:
+        """Wait is woken by the clock."""
         store = backend.queue
         entry_id = await store.enqueue(message(), delay=1000)
         got: list[Delivery] = []
@@ -695,6 +743,7 @@ class QueueContract(BackendTestBase):
         assert [d.entry_id for d in got] == [entry_id]
 
     async def test_wait_is_woken_by_release(self, backend: Backend) -> None:
+        """Wait is woken by release."""
         store = backend.queue
         await store.enqueue(message())
         held = await reserve_one(store)
@@ -711,6 +760,7 @@ class QueueContract(BackendTestBase):
         assert [d.entry_id for d in got] == [held.entry_id]
 
     async def test_wait_elapses_empty(self, backend: Backend) -> None:
+        """Wait elapses empty."""
         store = backend.queue
         with anyio.fail_after(5):
             start = anyio.current_time()
@@ -720,6 +770,7 @@ class QueueContract(BackendTestBase):
     # -- concurrency --------------------------------------------------------------------------
 
     async def test_racing_reservers_never_share_an_entry(self, backend: Backend) -> None:
+        """Racing reservers never share an entry."""
         store = backend.queue
         ids = await store.enqueue_many([EnqueueRequest(message=message())] * 60)
         seen: list[str] = []
@@ -736,6 +787,7 @@ class QueueContract(BackendTestBase):
         assert sorted(seen) == sorted(ids)
 
     async def test_racing_producers_never_pass_the_cap(self) -> None:
+        """Racing producers never pass the cap."""
         async with self.connect_with(max_queue_length=5) as backend:
             store = backend.queue
             outcomes: list[bool] = []
@@ -757,6 +809,7 @@ class QueueContract(BackendTestBase):
     # -- bad input ----------------------------------------------------------------------------
 
     async def test_bad_input_raises_and_changes_nothing(self, backend: Backend) -> None:
+        """Bad input raises and changes nothing."""
         store = backend.queue
         await store.enqueue(message())
         delivery = await reserve_one(store)
