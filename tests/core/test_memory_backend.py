@@ -64,6 +64,23 @@ async def test_a_named_store_keeps_its_clock() -> None:
         await first.aclose()
 
 
+async def test_a_named_manual_clock_store_can_be_connected_twice() -> None:
+    async with (
+        connect("memory://twice?clock=manual") as first,
+        connect("memory://twice?clock=manual&namespace=other") as second,
+    ):
+        assert first.clock is second.clock
+        assert first.clock.manual
+        async with connect("memory://twice") as joined:  # no clock named: joins the manual one
+            assert joined.clock is first.clock
+        with pytest.raises(ValidationError, match="already exists with a manual clock"):
+            connect("memory://twice?clock=system")
+    async with connect("memory://twice") as system:
+        with pytest.raises(ValidationError, match="already exists with a system clock"):
+            connect("memory://twice?clock=manual")
+        assert not system.clock.manual
+
+
 @pytest.mark.parametrize(
     ("url", "match"),
     [

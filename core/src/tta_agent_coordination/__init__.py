@@ -56,6 +56,7 @@ from .models import (
 )
 from .plugins import connect, installed_schemes
 from .protocols import Backend, BreakerStore, ClockControl, QueueStore, RegistryStore
+from .registry import AgentRegistry, Registration
 from .retry import Attempt, Retrying, RetryPolicy, retry
 from .settings import BackendOptions
 
@@ -67,6 +68,7 @@ __all__ = [
     "AgentInfo",
     "AgentMessage",
     "AgentNotFoundError",
+    "AgentRegistry",
     "Attempt",
     "Backend",
     "BackendConfigWarning",
@@ -108,6 +110,7 @@ __all__ = [
     "QueueFullError",
     "QueueStats",
     "QueueStore",
+    "Registration",
     "RegistryEvent",
     "RegistryEventKind",
     "RegistryStore",

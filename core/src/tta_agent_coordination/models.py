@@ -85,6 +85,8 @@ class AgentId(Model):
     def __init__(self, type: str, instance: str | None = None) -> None:  # the contract's name
         super().__init__(type=type, instance=instance)
 
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]  # only maps positionals
+
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, data: Any) -> Any:
@@ -313,6 +315,8 @@ class Capability(Model):
     def __init__(self, name: str, version: str = "0", tags: Any = ()) -> None:
         super().__init__(name=name, version=version, tags=tags)
 
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]  # only maps positionals
+
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
@@ -356,6 +360,8 @@ class CapabilityQuery(Model):
         max_load: float | None = None,
     ) -> None:
         super().__init__(name=name, version=version, tags=tags, max_load=max_load)
+
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]  # only maps positionals
 
     @field_validator("name")
     @classmethod

@@ -141,14 +141,23 @@ class MemoryBackend:
         if name is not None:
             require_name(name, "memory store name")
         extra = dict(options.extra)
-        clock_kind = extra.pop("clock", "system")
-        if clock_kind not in _CLOCKS:
+        clock_kind = extra.pop("clock", None)
+        if clock_kind is not None and clock_kind not in _CLOCKS:
             msg = f"memory clock must be 'system' or 'manual', not {clock_kind!r}"
             raise ValidationError(msg)
         if extra:
             msg = f"unknown memory:// options: {', '.join(sorted(extra))}"
             raise ValidationError(msg)
-        clock = MemoryClock(manual=_CLOCKS[clock_kind]) if clock_kind == "manual" else None
+        existing = _WORLDS.get(name) if name is not None else None
+        clock: MemoryClock | None = None
+        if existing is not None:
+            # Joining a named store takes its clock; naming the other kind is an error.
+            if clock_kind is not None and existing.clock.manual != _CLOCKS[clock_kind]:
+                kind = "manual" if existing.clock.manual else "system"
+                msg = f"memory://{name} already exists with a {kind} clock"
+                raise ValidationError(msg)
+        elif clock_kind == "manual":
+            clock = MemoryClock(manual=True)
         return cls(options.model_copy(update={"extra": {}}), name=name, clock=clock)
 
     @property
