@@ -70,6 +70,7 @@ async def test_a_named_manual_clock_store_can_be_connected_twice() -> None:
         connect("memory://twice?clock=manual&namespace=other") as second,
     ):
         assert first.clock is second.clock
+        assert isinstance(first, MemoryBackend)
         assert first.clock.manual
         async with connect("memory://twice") as joined:  # no clock named: joins the manual one
             assert joined.clock is first.clock
@@ -78,6 +79,7 @@ async def test_a_named_manual_clock_store_can_be_connected_twice() -> None:
     async with connect("memory://twice") as system:
         with pytest.raises(ValidationError, match="already exists with a system clock"):
             connect("memory://twice?clock=manual")
+        assert isinstance(system, MemoryBackend)
         assert not system.clock.manual
 
 

@@ -299,7 +299,7 @@ def _sorted_tags(value: Any) -> Any:
         items = set(cast("Iterable[Any]", value))
         if all(isinstance(item, str) for item in items):
             return tuple(sorted(items))
-    return value  # pydantic rejects what is not a collection of strings
+    return cast("Any", value)  # pydantic rejects what is not a collection of strings
 
 
 Tags = Annotated[tuple[str, ...], pydantic.BeforeValidator(_sorted_tags)]
