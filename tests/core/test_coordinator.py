@@ -350,6 +350,20 @@ async def test_request_timeout(backend: Backend) -> None:
         assert coord._waiters == {}
 
 
+async def test_the_reply_reader_rearms_its_wait(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tta_agent_coordination.coordinator._RESERVE_WAIT", 0.01)
+    metrics = WatchedMetrics()
+    async with MessageCoordinator(backend, metrics=metrics) as coord:
+        with pytest.raises(RequestTimeoutError):
+            await coord.request(SVC, timeout=0.2)  # the reader's reserve returns empty
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(responder, coord, SVC)
+            answer = await coord.request(SVC, {"q": 2}, timeout=5)  # and it still reads
+            assert answer.payload == {"echo": {"q": 2}}
+
+
 async def test_request_send_failure_is_reported(backend: Backend) -> None:
     metrics = WatchedMetrics()
     async with MessageCoordinator(backend, metrics=metrics) as coord:

@@ -68,7 +68,7 @@ def acked(metrics: WatchedMetrics, n: int) -> bool:
 
 async def test_serve_handles_and_acks_both_queues(backend: Backend) -> None:
     metrics = WatchedMetrics()
-    coord = MessageCoordinator(backend, metrics=metrics)
+    coord = MessageCoordinator(backend, metrics=metrics, middleware=[PassThroughMiddleware()])
     seen: list[tuple[AgentId, object]] = []
 
     async def handler(delivery: Delivery) -> None:
