@@ -63,7 +63,7 @@ def test_agent_id_rejects_key_smuggling(bad: str) -> None:
 def test_agent_id_error_is_a_coordination_error_and_a_value_error() -> None:
     with pytest.raises(CoordinationError):
         AgentId("bad type")
-    with pytest.raises(ValueError, match="must match"):
+    with pytest.raises(ValueError, match="should match pattern"):
         AgentId("bad type")
 
 

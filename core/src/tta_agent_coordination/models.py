@@ -18,7 +18,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 from pydantic import Field, JsonValue, field_validator, model_validator
 
-from ._validation import Model, check_name
+from ._validation import NAME_PATTERN, Model
 from .errors import ValidationError
 
 __all__ = [
@@ -59,6 +59,9 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+#: An identifier part that ends up in storage keys, checked whole by pydantic-core's regex
+#: engine (whose ``$`` is the end of the text: no trailing newline slips through).
+NamePart = Annotated[str, pydantic.StringConstraints(pattern=f"^{NAME_PATTERN.pattern}$")]
 AwareUTC = Annotated[datetime, pydantic.AfterValidator(_aware)]
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -79,8 +82,8 @@ class AgentId(Model):
     ``type``) and :meth:`parse` reads it back. Frozen, hashable and ordered.
     """
 
-    type: str
-    instance: str | None = None
+    type: NamePart
+    instance: NamePart | None = None
 
     def __init__(self, type: str, instance: str | None = None) -> None:  # the contract's name
         super().__init__(type=type, instance=instance)
@@ -94,16 +97,6 @@ class AgentId(Model):
             type_, sep, instance = data.partition(":")
             return {"type": type_, "instance": instance if sep else None}
         return data
-
-    @field_validator("type")
-    @classmethod
-    def _check_type(cls, value: str) -> str:
-        return check_name(value, "agent type")
-
-    @field_validator("instance")
-    @classmethod
-    def _check_instance(cls, value: str | None) -> str | None:
-        return None if value is None else check_name(value, "agent instance")
 
     @classmethod
     def parse(cls, text: str) -> AgentId:
@@ -308,7 +301,7 @@ Tags = Annotated[tuple[str, ...], pydantic.BeforeValidator(_sorted_tags)]
 class Capability(Model):
     """Something an agent can do: a name, a PEP 440 version and tags."""
 
-    name: str
+    name: NamePart
     version: str = "0"
     tags: Tags = ()
 
@@ -316,11 +309,6 @@ class Capability(Model):
         super().__init__(name=name, version=version, tags=tags)
 
     __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]  # only maps positionals
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, value: str) -> str:
-        return check_name(value, "capability name")
 
     @field_validator("version")
     @classmethod
@@ -346,7 +334,7 @@ class CapabilityQuery(Model):
     load is at most 0.8.
     """
 
-    name: str
+    name: NamePart
     version: str | None = None
     tags: Tags = ()
     max_load: NonNegativeFloat | None = None
@@ -362,11 +350,6 @@ class CapabilityQuery(Model):
         super().__init__(name=name, version=version, tags=tags, max_load=max_load)
 
     __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]  # only maps positionals
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, value: str) -> str:
-        return check_name(value, "capability name")
 
     @field_validator("version")
     @classmethod
