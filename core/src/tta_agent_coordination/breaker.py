@@ -50,7 +50,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, Final, Literal, ParamSpec, Protocol, Self, TypeAlias, TypeVar, overload
-from urllib.parse import parse_qsl, urlsplit
 
 from ._validation import require_name
 from .errors import BackendError, CircuitOpenError, ValidationError
@@ -62,7 +61,7 @@ from .models import (
     BreakerUpdate,
     CircuitBreakerConfig,
 )
-from .plugins import backend_from_client, connect
+from .plugins import resolve_backend
 from .protocols import Backend, BreakerStore
 
 __all__ = [
@@ -199,21 +198,12 @@ class CircuitBreaker:
         self._last: BreakerSnapshot | None = None
         self._backend: Backend | None
         self._owns_backend = False
-        if isinstance(store, str):
-            query = {key for key, _ in parse_qsl(urlsplit(store).query, keep_blank_values=True)}
-            options = {} if "namespace" in query else {"namespace": key_prefix}
-            self._backend = connect(store, **options)
-            self._owns_backend = True
-            self._store: BreakerStore = self._backend.breakers
-        elif isinstance(store, Backend):
-            self._backend = store
-            self._store = store.breakers
-        elif isinstance(store, BreakerStore):
+        self._store: BreakerStore
+        if not isinstance(store, str | Backend) and isinstance(store, BreakerStore):
             self._backend = None
             self._store = store
         else:
-            self._backend = backend_from_client(store, key_prefix)
-            self._owns_backend = True
+            self._backend, self._owns_backend = resolve_backend(store, namespace=key_prefix)
             self._store = self._backend.breakers
 
     # -- properties -------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import threading
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, cast
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import pluggy
 
@@ -42,6 +42,7 @@ __all__ = [
     "connect",
     "installed_schemes",
     "plugin_registry",
+    "resolve_backend",
 ]
 
 ENTRY_POINT_GROUP = PROJECT_NAME
@@ -216,3 +217,19 @@ def connect(url: str = "memory://", **options: Any) -> Backend:
 def backend_from_client(client: Any, namespace: str) -> Backend:
     """Wrap a driver library's client (e.g. redis-py) into a backend through the plugins."""
     return _registry.from_client(client, namespace)
+
+
+def resolve_backend(store: Backend | str | object, *, namespace: str) -> tuple[Backend, bool]:
+    """Turn what the original API accepts as a store into a backend.
+
+    ``store`` is a backend (used as it is), a URL (connected with ``namespace`` unless the URL
+    names one) or a driver library's client (wrapped through the plugins, in ``namespace``).
+    Returns the backend and whether the caller made it (and so should close it).
+    """
+    if isinstance(store, str):
+        query = {key for key, _ in parse_qsl(urlsplit(store).query, keep_blank_values=True)}
+        options = {} if "namespace" in query else {"namespace": namespace}
+        return connect(store, **options), True
+    if isinstance(store, Backend):
+        return store, False
+    return backend_from_client(store, namespace), True
