@@ -45,6 +45,7 @@ from tta_agent_coordination.metrics import (
     REQUEST_DURATION,
     RESPONSES_LATE,
 )
+from tta_agent_coordination.registry import AgentRegistry
 from tta_agent_coordination.retry import RetryPolicy
 
 pytestmark = pytest.mark.anyio
@@ -82,11 +83,15 @@ async def test_defaults_and_identity(backend: Backend) -> None:
     assert coord.reply_queue.instance == coord.agent_id.instance
     assert coord.retry_policy == RetryPolicy()
     assert coord.middleware == ()
-    assert coord.registry is backend.registry
-    assert isinstance(coord.registry, AgentDirectory)
+    registry = coord.registry
+    assert isinstance(registry, AgentRegistry)
+    assert registry.store is backend.registry
+    assert coord.registry is registry  # built once
+    assert isinstance(registry, AgentDirectory)
     me = AgentId("planner", "p1")
     policy = RetryPolicy(max_attempts=2)
     other = MessageCoordinator(backend, agent_id=me, retry_policy=policy, registry=backend.registry)
+    assert other.registry is backend.registry  # a bare store is fine too
     assert other.agent_id == me
     assert other.retry_policy is policy
     assert other.reply_queue != coord.reply_queue

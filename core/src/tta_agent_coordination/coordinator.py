@@ -99,6 +99,7 @@ from .models import (
     MessageResult,
     MessageType,
 )
+from .registry import AgentRegistry
 from .retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -297,8 +298,8 @@ class MessageCoordinator:
         metrics: Where sends, reservations, settlements and durations are reported.
         middleware: Hooks around sends and handler runs, outermost first.
         registry: Where broadcasts and capability routes find live agents: an
-            ``AgentRegistry`` or any :class:`AgentDirectory` (the backend's registry store
-            when ``None``).
+            ``AgentRegistry`` or any :class:`AgentDirectory` (an ``AgentRegistry`` of the
+            backend, built when first needed, when ``None``).
         agent_id: The default sender of this coordinator's messages
             (``AgentId("tta.client", <uuid hex>)`` when ``None``).
     """
@@ -318,7 +319,7 @@ class MessageCoordinator:
         self._policy = RetryPolicy() if retry_policy is None else retry_policy
         self._metrics = metrics
         self._middleware = tuple(middleware)
-        self._registry = registry
+        self._registry: AgentDirectory | None = registry
         uid = uuid.uuid4().hex
         self._agent_id = AgentId(CLIENT_TYPE, uid) if agent_id is None else agent_id
         self._reply_queue = AgentId(REPLY_QUEUE_TYPE, uid)
@@ -362,8 +363,10 @@ class MessageCoordinator:
 
     @property
     def registry(self) -> AgentDirectory:
-        """Where live agents are looked up (the backend's registry store by default)."""
-        return self._backend.registry if self._registry is None else self._registry
+        """Where live agents are looked up (an ``AgentRegistry`` of the backend by default)."""
+        if self._registry is None:
+            self._registry = AgentRegistry(self._backend, metrics=self._metrics)
+        return self._registry
 
     @property
     def compat_config(self) -> CompatConfig:
