@@ -103,6 +103,15 @@ async def test_an_error_in_the_body_propagates_unwrapped(backend: Backend) -> No
             raise KeyError("mine")
 
 
+async def test_cancelling_the_body_cleans_up(backend: Backend) -> None:
+    coord = MessageCoordinator(backend)
+    with anyio.move_on_after(0.05) as scope:
+        async with coord:
+            await coord.request(SVC, timeout=10)
+    assert scope.cancelled_caught
+    assert coord.reply_queue not in await backend.queue.queues()
+
+
 async def test_async_with_twice_is_refused(backend: Backend) -> None:
     coord = MessageCoordinator(backend)
     async with coord:
