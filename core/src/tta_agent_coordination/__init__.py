@@ -7,6 +7,7 @@ breakers whose state every process shares, on pluggable backends (``memory://`` 
 from __future__ import annotations
 
 from .breaker import BreakerGuard, CircuitBreaker
+from .compat import RedisAgentRegistry
 from .errors import (
     AgentConflictError,
     AgentNotFoundError,
@@ -111,6 +112,7 @@ __all__ = [
     "QueueStats",
     "QueueStore",
     "Registration",
+    "RedisAgentRegistry",
     "RegistryEvent",
     "RegistryEventKind",
     "RegistryStore",
