@@ -31,14 +31,16 @@ class BackendTestBase:
         """Async tests run on asyncio (every driver runs there)."""
         return "asyncio"
 
-    @pytest.fixture
+    #: The URL in force for the running test (set by the ``backend_url`` fixture).
+    target_url: str = ""
+
+    @pytest.fixture(autouse=True)
     def backend_url(self, request: pytest.FixtureRequest) -> str:
         """The URL under test: the class's ``url``, else ``--tta-backend``."""
-        if self.url:
-            return self.url
-        url: object = request.config.getoption(BACKEND_OPTION, default=None)
-        if not isinstance(url, str):
+        url: object = self.url or request.config.getoption(BACKEND_OPTION, default=None)
+        if not isinstance(url, str) or not url:
             pytest.fail(f"no backend to test: set url on the class or pass {BACKEND_OPTION}=URL")
+        self.target_url = url
         return url
 
     @pytest.fixture
@@ -55,7 +57,7 @@ class BackendTestBase:
     def clock(self, backend: Backend) -> ClockControl:
         """The backend's clock hook; tests of time skip only if the driver declares none."""
         if "clock_control" not in backend.capabilities or backend.clock is None:
-            pytest.skip(f"{self.url} does not declare the clock_control capability")
+            pytest.skip(f"{self.target_url} does not declare the clock_control capability")
         return backend.clock
 
 

@@ -378,7 +378,7 @@ class BreakerContract(BackendTestBase):
 
     async def test_two_clients_agree_on_the_state(self, name: str) -> None:
         """Failures recorded through two clients add up; both see the breaker open."""
-        async with two_clients(self.url) as (first, second):
+        async with two_clients(self.target_url) as (first, second):
             await first.breakers.record_failure(name, CONFIG)
             await second.breakers.record_failure(name, CONFIG)
             update = await first.breakers.record_failure(name, CONFIG)
@@ -389,7 +389,7 @@ class BreakerContract(BackendTestBase):
 
     async def test_half_open_permits_are_shared_by_two_clients(self, name: str) -> None:
         """Many concurrent callers through two clients get at most half_open_max_calls permits."""
-        async with two_clients(self.url) as (first, second):
+        async with two_clients(self.target_url) as (first, second):
             await open_breaker(first.breakers, name, CONFIG)
             await advance(first, CONFIG.recovery_timeout + 2)
             decisions: list[BreakerDecision] = []

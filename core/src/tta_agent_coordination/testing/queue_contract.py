@@ -80,7 +80,7 @@ class QueueContract(BackendTestBase):
     async def connect_with(self, **options: Any) -> AsyncGenerator[Backend, None]:
         """Another backend on ``url`` in a fresh namespace, with extra options."""
         namespace = f"t{uuid.uuid4().hex[:16]}"
-        async with connect(self.url, namespace=namespace, **options) as backend:
+        async with connect(self.target_url, namespace=namespace, **options) as backend:
             try:
                 yield backend
             finally:
@@ -596,7 +596,7 @@ class QueueContract(BackendTestBase):
 
     async def test_namespaces_are_isolated(self) -> None:
         """Namespaces are isolated."""
-        url = self.shared_url or self.url
+        url = self.shared_url or self.target_url
         first, second = (f"t{uuid.uuid4().hex[:16]}" for _ in range(2))
         async with connect(url, namespace=first) as a, connect(url, namespace=second) as b:
             try:

@@ -395,7 +395,7 @@ class RegistryContract(BackendTestBase):
 
     async def test_expired_once_across_two_clients(self) -> None:
         """Two clients of one store racing to detect an expiry emit one expired event."""
-        async with two_clients(self.url) as (first, second):
+        async with two_clients(self.target_url) as (first, second):
             await first.registry.register(ALPHA, ttl=10)
             await second.registry.register(BETA, ttl=10)
             cursor = (await first.registry.read_events()).next_cursor
@@ -412,7 +412,7 @@ class RegistryContract(BackendTestBase):
 
     async def test_a_session_is_shared_by_two_clients(self) -> None:
         """Two clients of one store see one session: only one can hold an id."""
-        async with two_clients(self.url) as (first, second):
+        async with two_clients(self.target_url) as (first, second):
             token = await first.registry.register(ALPHA)
             with pytest.raises(AgentConflictError):
                 await second.registry.register(ALPHA)
@@ -533,7 +533,7 @@ class RegistryContract(BackendTestBase):
         queries: list[tuple[str | None, frozenset[str], float | None, int | None]],
     ) -> None:
         """discover() is the brute-force filter and sort over every live agent."""
-        async with fresh_backend(self.url) as backend:
+        async with fresh_backend(self.target_url) as backend:
             store = backend.registry
             for n, (version, tags, load, available, named) in enumerate(agents):
                 name = "summarise" if named else "other"
@@ -632,7 +632,7 @@ class RegistryContract(BackendTestBase):
 
     async def test_trimmed_cursor_raises_events_gap(self) -> None:
         """A cursor whose following events were trimmed raises EventsGapError."""
-        async with fresh_backend(self.url, events_max_length=3) as backend:
+        async with fresh_backend(self.target_url, events_max_length=3) as backend:
             store = backend.registry
             for n in range(6):
                 await store.register(AgentId("w", f"i{n}"))
@@ -645,7 +645,7 @@ class RegistryContract(BackendTestBase):
 
     async def test_stale_cursor_kept_by_a_slow_reader_gaps(self) -> None:
         """A reader that falls more than events_max_length behind gets EventsGapError."""
-        async with fresh_backend(self.url, events_max_length=2) as backend:
+        async with fresh_backend(self.target_url, events_max_length=2) as backend:
             store = backend.registry
             cursor = (await store.read_events()).next_cursor
             for n in range(4):
@@ -699,7 +699,7 @@ class RegistryContract(BackendTestBase):
 
     async def test_wait_across_two_clients(self) -> None:
         """A reader waiting on one client is woken by a register through another."""
-        async with two_clients(self.url) as (first, second):
+        async with two_clients(self.target_url) as (first, second):
             cursor = (await first.registry.read_events()).next_cursor
             got: list[RegistryEvent] = []
 
