@@ -9,6 +9,7 @@ against a driver with ``pytest --pyargs tta_agent_coordination.testing --tta-bac
 from __future__ import annotations
 
 import inspect
+from typing import cast
 
 import pytest
 
@@ -81,9 +82,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """List the tests skipped because the backend lacks an optional capability."""
     reasons: dict[str, int] = {}
     for report in terminalreporter.stats.get("skipped", []):
-        longrepr = getattr(report, "longrepr", None)
-        if isinstance(longrepr, tuple) and CAPABILITY_SKIP in str(longrepr[2]):
-            reason = str(longrepr[2]).removeprefix("Skipped: ")
+        longrepr: object = getattr(report, "longrepr", None)
+        if not isinstance(longrepr, tuple):
+            continue
+        text = str(cast("tuple[object, object, object]", longrepr)[2])
+        if CAPABILITY_SKIP in text:
+            reason = text.removeprefix("Skipped: ")
             reasons[reason] = reasons.get(reason, 0) + 1
     if reasons:
         terminalreporter.section("tta-agent-coordination: optional capabilities not tested")
