@@ -29,12 +29,12 @@ from tta_agent_coordination.coordinator import (
     CLIENT_TYPE,
     REPLY_QUEUE_TYPE,
     AgentDirectory,
-    BroadcastError,
     MessageCoordinator,
     Middleware,
     PassThroughMiddleware,
     SendNext,
 )
+from tta_agent_coordination.errors import BroadcastError
 from tta_agent_coordination.metrics import (
     DELIVERIES_ACKED,
     DELIVERIES_DEAD_LETTERED,

@@ -28,10 +28,10 @@ from tta_agent_coordination.coordinator import (
     HandleNext,
     MessageCoordinator,
     PassThroughMiddleware,
-    PermanentFailureError,
     _Slots,
     _Worker,
 )
+from tta_agent_coordination.errors import PermanentFailureError
 from tta_agent_coordination.metrics import (
     DELIVERIES_ACKED,
     DELIVERIES_DEAD_LETTERED,

@@ -6,8 +6,10 @@ breakers whose state every process shares, on pluggable backends (``memory://`` 
 
 from __future__ import annotations
 
+from ._compat_models import CompatConfig, MessageSubscription, QueueMessage, ReceivedMessage
 from .breaker import BreakerGuard, CircuitBreaker
-from .compat import RedisAgentRegistry
+from .compat import RedisAgentRegistry, RedisMessageCoordinator
+from .coordinator import Handler, MessageCoordinator, Middleware, PassThroughMiddleware
 from .errors import (
     AgentConflictError,
     AgentNotFoundError,
@@ -15,6 +17,7 @@ from .errors import (
     BackendError,
     BackendNotFoundError,
     BackendUnavailableError,
+    BroadcastError,
     CircuitBreakerOpenError,
     CircuitOpenError,
     CoordinationError,
@@ -23,6 +26,7 @@ from .errors import (
     HandlerTimeoutError,
     InvalidReceiptError,
     MessageTooLargeError,
+    PermanentFailureError,
     PluginLoadError,
     PluginLoadWarning,
     QueueFullError,
@@ -84,6 +88,7 @@ __all__ = [
     "BreakerStore",
     "BreakerTransition",
     "BreakerUpdate",
+    "BroadcastError",
     "Capability",
     "CapabilityQuery",
     "CircuitBreaker",
@@ -91,6 +96,7 @@ __all__ = [
     "CircuitBreakerOpenError",
     "CircuitOpenError",
     "ClockControl",
+    "CompatConfig",
     "CoordinationError",
     "CoordinationWarning",
     "DeadLetter",
@@ -99,20 +105,29 @@ __all__ = [
     "EnqueueRequest",
     "EventsGapError",
     "FailureType",
+    "Handler",
     "HandlerTimeoutError",
     "InvalidReceiptError",
+    "MessageCoordinator",
     "MessagePriority",
     "MessageResult",
+    "MessageSubscription",
     "MessageTooLargeError",
     "MessageType",
+    "Middleware",
     "Page",
+    "PassThroughMiddleware",
+    "PermanentFailureError",
     "PluginLoadError",
     "PluginLoadWarning",
     "QueueFullError",
+    "QueueMessage",
     "QueueStats",
     "QueueStore",
-    "Registration",
+    "ReceivedMessage",
     "RedisAgentRegistry",
+    "RedisMessageCoordinator",
+    "Registration",
     "RegistryEvent",
     "RegistryEventKind",
     "RegistryStore",

@@ -15,13 +15,14 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
+from .coordinator import MessageCoordinator
 from .errors import AgentConflictError, AgentNotFoundError, BackendError, ValidationError
 from .models import AgentId, Capability
 from .plugins import resolve_backend
 from .protocols import Backend
 from .registry import AgentRegistry
 
-__all__ = ["RedisAgentRegistry"]
+__all__ = ["RedisAgentRegistry", "RedisMessageCoordinator"]
 
 logger = logging.getLogger(__name__)
 
@@ -235,3 +236,24 @@ class RedisAgentRegistry:
         await self.stop_heartbeats()
         if self._owns_backend:
             await self._backend.aclose()
+
+
+class RedisMessageCoordinator(MessageCoordinator):
+    """The original constructor: ``RedisMessageCoordinator(redis_client, key_prefix="ao")``.
+
+    A :class:`~tta_agent_coordination.MessageCoordinator` (the original's methods are on it)
+    whose backend wraps ``store``: a redis-py client (through the Redis driver's plugin), a
+    backend, or a URL. ``key_prefix`` becomes the namespace. Keyword arguments go to
+    ``MessageCoordinator``. :meth:`aclose` closes a backend it made.
+    """
+
+    def __init__(
+        self, store: Backend | str | object, key_prefix: str = "ao", **kwargs: Any
+    ) -> None:
+        backend, self._owns_backend = resolve_backend(store, namespace=key_prefix)
+        super().__init__(backend, **kwargs)
+
+    async def aclose(self) -> None:
+        """Close the backend if this coordinator made it (from a client or URL)."""
+        if self._owns_backend:
+            await self.backend.aclose()

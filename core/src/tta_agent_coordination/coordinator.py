@@ -65,9 +65,11 @@ from pydantic import JsonValue
 from ._compat_models import CompatConfig, MessageSubscription, ReceivedMessage
 from .errors import (
     AgentNotFoundError,
+    BroadcastError,
     CircuitOpenError,
     CoordinationError,
     HandlerTimeoutError,
+    PermanentFailureError,
     QueueFullError,
     RequestTimeoutError,
     ValidationError,
@@ -109,16 +111,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLIENT_TYPE",
+    "REPLY_QUEUE_TTL",
     "REPLY_QUEUE_TYPE",
     "AgentDirectory",
     "BreakerGate",
-    "BroadcastError",
     "HandleNext",
     "Handler",
     "MessageCoordinator",
     "Middleware",
     "PassThroughMiddleware",
-    "PermanentFailureError",
     "SendNext",
 ]
 
@@ -126,6 +127,8 @@ logger = logging.getLogger(__name__)
 
 #: The agent type of every coordinator's reply queue: ``AgentId("tta.reply", <uuid hex>)``.
 REPLY_QUEUE_TYPE: Final = "tta.reply"
+#: Seconds a reply queue survives without its reader (which touches it at every reserve).
+REPLY_QUEUE_TTL: Final = 300.0
 #: The agent type of a coordinator's default sender identity: ``AgentId("tta.client", <hex>)``.
 CLIENT_TYPE: Final = "tta.client"
 
@@ -139,33 +142,6 @@ _REPLY_BATCH: Final = 64
 # ---------------------------------------------------------------------------------------------
 # Errors, handlers, middleware and the small protocols the coordinator needs
 # ---------------------------------------------------------------------------------------------
-
-
-class PermanentFailureError(CoordinationError):
-    """Raise from a handler to dead-letter the message at once (reason ``handler_error``).
-
-    Retrying cannot help (a malformed payload, a request the agent can never serve): the
-    message goes to the queue's dead letters with the error text, without further attempts.
-    """
-
-
-class BroadcastError(CoordinationError):
-    """Some copies of a broadcast could not be enqueued; the others were.
-
-    Attributes:
-        sent: The recipients that got their copy, with the entry ids.
-        failed: The recipients whose enqueue failed, with the error.
-    """
-
-    def __init__(
-        self, sent: Mapping[AgentId, str], failed: Mapping[AgentId, CoordinationError]
-    ) -> None:
-        names = ", ".join(f"{agent} ({error})" for agent, error in failed.items())
-        super().__init__(
-            f"broadcast failed for {len(failed)} of {len(sent) + len(failed)}: {names}"
-        )
-        self.sent = dict(sent)
-        self.failed = dict(failed)
 
 
 #: A message handler for :meth:`MessageCoordinator.serve`; its return value is ignored.
@@ -664,6 +640,12 @@ class MessageCoordinator:
         _check_positive(timeout, "timeout")
         if not self._reader_started:
             self._reader_started = True
+            try:
+                # Abandoned reply queues (a crashed coordinator) disappear on their own.
+                await self._queue.set_queue_ttl(self._reply_queue, REPLY_QUEUE_TTL)
+            except BaseException:
+                self._reader_started = False
+                raise
             tg.start_soon(self._read_replies, name=f"tta reply reader {self._reply_queue}")
         correlation_id = uuid.uuid4().hex
         waiter = _Waiter()
@@ -1034,15 +1016,15 @@ class MessageCoordinator:
         """Reclaim expired reservations (the original API).
 
         Reservations whose visibility timeout passed are reclaimed by the store itself on
-        every ``reserve`` (no sweeper is needed), so nothing is ever left pending; this
-        method runs a maintenance read (``stats``) over the queue (or every queue when
-        ``agent_id`` is ``None``), which reclaims at once on drivers that maintain on reads.
-        The store protocol does not report how many it reclaimed, so this returns 0.
+        every ``reserve`` (no sweeper is needed); this reclaims them at once, in the queue of
+        ``agent_id`` or in every queue when it is ``None``, and returns how many it reclaimed
+        (requeued, or dead-lettered at their last attempt).
         """
         queues = [agent_id] if agent_id is not None else await self._queue.queues()
+        reclaimed = 0
         for queue in queues:
-            await self._queue.stats(queue)
-        return 0
+            reclaimed += await self._queue.reclaim(queue)
+        return reclaimed
 
     async def configure(
         self,

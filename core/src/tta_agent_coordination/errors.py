@@ -20,6 +20,8 @@ so ``except ValueError`` and ``except ConnectionError`` keep working::
     │                                         CircuitBreakerOpenError is the original API's name
     ├── RequestTimeoutError (TimeoutError)    no response to a request in time
     ├── HandlerTimeoutError (TimeoutError)    a handler ran past handler_timeout
+    ├── PermanentFailureError                 raised by a handler: dead-letter it, no retry
+    ├── BroadcastError                        some copies of a broadcast were not enqueued
     └── RetryError                            a retried call failed for good (cause chained)
 
     CoordinationWarning (UserWarning)
@@ -32,6 +34,12 @@ return ``False`` for it, as the contract says.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .models import AgentId
+
 __all__ = [
     "AgentConflictError",
     "AgentNotFoundError",
@@ -39,6 +47,7 @@ __all__ = [
     "BackendError",
     "BackendNotFoundError",
     "BackendUnavailableError",
+    "BroadcastError",
     "CircuitBreakerOpenError",
     "CircuitOpenError",
     "CoordinationError",
@@ -47,6 +56,7 @@ __all__ = [
     "HandlerTimeoutError",
     "InvalidReceiptError",
     "MessageTooLargeError",
+    "PermanentFailureError",
     "PluginLoadError",
     "PluginLoadWarning",
     "QueueFullError",
@@ -150,6 +160,33 @@ class RequestTimeoutError(CoordinationError, TimeoutError):
 
 class HandlerTimeoutError(CoordinationError, TimeoutError):
     """A handler ran past ``handler_timeout`` and was cancelled."""
+
+
+class PermanentFailureError(CoordinationError):
+    """Raise from a handler to dead-letter the message at once (reason ``handler_error``).
+
+    Retrying cannot help (a malformed payload, a request the agent can never serve): the
+    message goes to the queue's dead letters with the error text, without further attempts.
+    """
+
+
+class BroadcastError(CoordinationError):
+    """Some copies of a broadcast could not be enqueued; the others were.
+
+    Attributes:
+        sent: The recipients that got their copy, with the entry ids.
+        failed: The recipients whose enqueue failed, with the error.
+    """
+
+    def __init__(
+        self, sent: Mapping[AgentId, str], failed: Mapping[AgentId, CoordinationError]
+    ) -> None:
+        names = ", ".join(f"{agent} ({error})" for agent, error in failed.items())
+        super().__init__(
+            f"broadcast failed for {len(failed)} of {len(sent) + len(failed)}: {names}"
+        )
+        self.sent = dict(sent)
+        self.failed = dict(failed)
 
 
 class RetryError(CoordinationError):

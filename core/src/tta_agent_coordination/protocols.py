@@ -163,6 +163,22 @@ class QueueStore(Protocol):
         """Remove a queue, its entries, dead letters and index entry; returns entries removed."""
         ...
 
+    async def reclaim(self, queue: AgentId) -> int:
+        """Reclaim expired reservations now (due again, or dead-lettered at max_attempts).
+
+        ``reserve`` does this anyway; this is for operators and the original API's
+        ``recover_pending``. Returns how many reservations were reclaimed.
+        """
+        ...
+
+    async def set_queue_ttl(self, queue: AgentId, ttl: float | None) -> None:
+        """Drop the queue once ``ttl`` seconds pass without an enqueue to it or a reserve on it.
+
+        Creates the queue if needed; ``None`` keeps it until ``drop_queue``. Used for reply
+        queues, so an abandoned one disappears.
+        """
+        ...
+
 
 @runtime_checkable
 class RegistryStore(Protocol):

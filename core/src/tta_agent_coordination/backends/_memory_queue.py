@@ -192,6 +192,8 @@ class _Queue:
         "delayed",
         "entries",
         "expiry",
+        "idle_ttl",
+        "idle_until",
         "n_delayed",
         "n_reserved",
         "name",
@@ -220,6 +222,9 @@ class _Queue:
         self.settled_expiry: deque[tuple[float, str]] = deque()
         self.dedup: dict[str, _Dedup] = {}
         self.dedup_expiry: deque[tuple[float, str]] = deque()
+        # set_queue_ttl: dropped once idle_until passes without an enqueue or reserve
+        self.idle_ttl: float | None = None
+        self.idle_until: float | None = None
 
     @property
     def n_ready(self) -> int:
@@ -333,6 +338,7 @@ class MemoryQueueStore:
         self._names: list[str] = []  # the queue index, sorted
         self._waiting: dict[str, _Waiters] = {}
         self._seq = 0
+        self._idle: list[tuple[float, str]] = []  # (idle_until, name) of queues with a ttl, lazy
         clock.subscribe(self._wake_all)
 
     # -- housekeeping -------------------------------------------------------------------------
@@ -341,6 +347,7 @@ class MemoryQueueStore:
         """Forget everything (``drop_namespace``); waiting consumers re-check."""
         self._queues.clear()
         self._names.clear()
+        self._idle.clear()
         self._wake_all()
 
     def _wake(self, name: str) -> None:
@@ -355,13 +362,40 @@ class MemoryQueueStore:
             waiters.event.set()
 
     def _queue_for(self, agent_id: AgentId) -> _Queue:
+        self._drop_idle()
         name = str(agent_id)
         queue = self._queues.get(name)
         if queue is None:
             queue = _Queue(agent_id, name)
             self._queues[name] = queue
             insort(self._names, name)
+        self._touch(queue)
         return queue
+
+    def _touch(self, queue: _Queue) -> None:
+        """Restart the idle ttl of a queue that has one (an enqueue or reserve used it)."""
+        if queue.idle_ttl is not None:
+            queue.idle_until = self._clock.time() + queue.idle_ttl
+
+    def _drop_idle(self) -> None:
+        """Drop the queues whose idle ttl passed.
+
+        The heap holds one item per queue with a ttl; a touch only moves ``idle_until``, and an
+        item that comes due early is pushed again at the queue's current ``idle_until``.
+        """
+        idle = self._idle
+        if not idle:
+            return
+        now = self._clock.time()
+        while idle and idle[0][0] <= now:
+            _, name = heapq.heappop(idle)
+            queue = self._queues.get(name)
+            if queue is None or queue.idle_until is None:
+                continue
+            if queue.idle_until <= now:
+                self._drop(queue)
+            else:
+                heapq.heappush(idle, (queue.idle_until, name))
 
     def _compact(self, queue: _Queue) -> None:
         """Rebuild heaps that hold more garbage than live items (amortised O(1))."""
@@ -513,13 +547,19 @@ class MemoryQueueStore:
             heapq.heappush(queue.expiry, (entry.expires_at, entry.seq, entry))
         self._push_due(queue, entry, due, now)
 
-    def _maintain(self, queue: _Queue, now: float) -> None:
-        """Reclaim expired reservations, promote due delayed entries, expire ttl'd ones."""
+    def _maintain(self, queue: _Queue, now: float) -> int:
+        """Reclaim expired reservations, promote due delayed entries, expire ttl'd ones.
+
+        Returns:
+            How many expired reservations were reclaimed.
+        """
         reserved = queue.reserved
+        reclaimed = 0
         while reserved and reserved[0][0] <= now:
             deadline, _, version, entry = heapq.heappop(reserved)
             if entry.version != version:
                 continue
+            reclaimed += 1
             if entry.attempt >= entry.max_attempts:
                 self._exhaust(queue, entry, now)
             else:
@@ -541,6 +581,7 @@ class MemoryQueueStore:
             if entry.state < _RESERVED and expires_at is not None and expires_at <= now:
                 self._expire(queue, entry, now)
         self._compact(queue)
+        return reclaimed
 
     def _next_wake(self, queue: _Queue) -> float | None:
         """The earliest backend time at which something of ``queue`` becomes due."""
@@ -780,8 +821,10 @@ class MemoryQueueStore:
         count = _check_int(max_messages, "max_messages", 1, _MAX_BATCH)
         waiting = 0.0 if wait is None else _check_duration(wait, "wait", positive=False)
         name = str(agent_id)
+        self._drop_idle()
         found = self._queues.get(name)
         if found is not None:
+            self._touch(found)
             got = self._reserve_now(found, visibility, count)
             if got or waiting == 0:
                 return got
@@ -799,8 +842,10 @@ class MemoryQueueStore:
                 if next_wake is not None:
                     timeout = min(timeout, max(next_wake - self._clock.time(), 0.0) + 0.001)
             await self._wait(name, timeout)
+            self._drop_idle()
             found = self._queues.get(name)
             if found is not None:
+                self._touch(found)
                 got = self._reserve_now(found, visibility, count)
                 if got:
                     return got
@@ -956,6 +1001,7 @@ class MemoryQueueStore:
 
     def _read_queue(self, queue: AgentId) -> _Queue | None:
         """The queue (maintained: expiries and retention applied now), or ``None``."""
+        self._drop_idle()
         found = self._queues.get(str(_check_queue(queue)))
         if found is not None:
             now = self._clock.time()
@@ -1106,6 +1152,7 @@ class MemoryQueueStore:
             ValidationError: A bad ``limit`` or ``cursor``.
         """
         size = _check_int(limit, "limit", 1, _MAX_BATCH)
+        self._drop_idle()
         start = 0
         if cursor is not None:
             if not isinstance(cursor, str) or _QUEUE_NAME.fullmatch(cursor) is None:  # pyright: ignore[reportUnnecessaryIsInstance]  # runtime guard
@@ -1124,6 +1171,7 @@ class MemoryQueueStore:
 
     async def queues(self) -> list[AgentId]:
         """Every queue that exists (from its first enqueue until ``drop_queue``), sorted."""
+        self._drop_idle()
         return sorted(self._queues[name].agent_id for name in self._names)
 
     async def drop_queue(self, queue: AgentId) -> int:
@@ -1132,12 +1180,42 @@ class MemoryQueueStore:
         Returns:
             The number of entries removed (live and dead).
         """
-        name = str(_check_queue(queue))
-        found = self._queues.pop(name, None)
-        if found is None:
-            return 0
-        del self._names[bisect_left(self._names, name)]
-        for entry in found.entries.values():
+        found = self._queues.get(str(_check_queue(queue)))
+        return 0 if found is None else self._drop(found)
+
+    def _drop(self, queue: _Queue) -> int:
+        del self._queues[queue.name]
+        del self._names[bisect_left(self._names, queue.name)]
+        for entry in queue.entries.values():
             entry.state = _GONE
             entry.version += 1
-        return len(found.entries) + len(found.dead)
+        self._wake(queue.name)
+        return len(queue.entries) + len(queue.dead)
+
+    async def set_queue_ttl(self, queue: AgentId, ttl: float | None) -> None:
+        """Drop the queue once ``ttl`` seconds pass without an enqueue to it or a reserve on it.
+
+        Creates the queue if needed; ``None`` keeps it until ``drop_queue``.
+
+        Raises:
+            ValidationError: A bad queue or ttl.
+        """
+        agent_id = _check_queue(queue)
+        seconds = None if ttl is None else _check_duration(ttl, "ttl", positive=True)
+        found = self._queue_for(agent_id)
+        found.idle_ttl = seconds
+        if seconds is None:
+            found.idle_until = None
+        else:
+            found.idle_until = self._clock.time() + seconds
+            heapq.heappush(self._idle, (found.idle_until, found.name))
+
+    async def reclaim(self, queue: AgentId) -> int:
+        """Reclaim expired reservations now (due again, or dead-lettered at max_attempts).
+
+        Returns:
+            How many reservations were reclaimed.
+        """
+        self._drop_idle()
+        found = self._queues.get(str(_check_queue(queue)))
+        return 0 if found is None else self._maintain(found, self._clock.time())

@@ -586,6 +586,56 @@ class QueueContract(BackendTestBase):
         assert (await store.stats(QUEUE)).dead == 0
         assert await store.drop_queue(QUEUE) == 0
 
+    async def test_reclaim_counts_expired_reservations(
+        self, backend: Backend, clock: ClockControl
+    ) -> None:
+        """Reclaim requeues expired reservations (dead-letters the exhausted) and counts them."""
+        store = backend.queue
+        assert await store.reclaim(QUEUE) == 0  # no such queue
+        kept = await store.enqueue(message())
+        exhausted = await store.enqueue(message(), max_attempts=1)
+        first = await store.reserve(QUEUE, visibility_timeout=10, max_messages=2)
+        assert {d.entry_id for d in first} == {kept, exhausted}
+        await store.enqueue(message())  # ready, not reserved: not counted
+        assert await store.reclaim(QUEUE) == 0  # nothing expired yet
+        await advance(backend, 11)
+        assert await store.reclaim(QUEUE) == 2
+        assert await store.reclaim(QUEUE) == 0
+        stats = await store.stats(QUEUE)
+        assert (stats.ready, stats.reserved, stats.dead) == (2, 0, 1)
+        assert await store.ack_many([d.receipt for d in first]) == [False, False]
+
+    async def test_queue_ttl_drops_an_idle_queue(
+        self, backend: Backend, clock: ClockControl
+    ) -> None:
+        """A queue with a ttl is dropped once idle that long; enqueue and reserve keep it."""
+        store = backend.queue
+        await store.set_queue_ttl(QUEUE, 30)
+        assert await store.queues() == [QUEUE]  # created by set_queue_ttl
+        await store.enqueue(message())
+        await advance(backend, 20)
+        assert await store.reserve(QUEUE, visibility_timeout=10) != []  # used: ttl restarts
+        await advance(backend, 20)
+        assert await store.queues() == [QUEUE]
+        await advance(backend, 20)  # 40 s idle
+        assert await store.queues() == []
+        assert (await store.stats(QUEUE)).live == 0
+        await store.enqueue(message())  # a later enqueue makes a new queue, without a ttl
+        await advance(backend, 100)
+        assert await store.queues() == [QUEUE]
+
+    async def test_queue_ttl_none_keeps_it(self, backend: Backend, clock: ClockControl) -> None:
+        """``set_queue_ttl(queue, None)`` removes the ttl; bad ttls are rejected."""
+        store = backend.queue
+        await store.set_queue_ttl(QUEUE, 30)
+        await store.set_queue_ttl(QUEUE, None)
+        await advance(backend, 100)
+        assert await store.queues() == [QUEUE]
+        for bad in (0, -1, float("nan"), "10"):
+            with pytest.raises(ValidationError):
+                await store.set_queue_ttl(OTHER, bad)  # type: ignore[arg-type]
+        assert await store.queues() == [QUEUE]
+
     async def test_drop_queue_makes_receipts_stale(self, backend: Backend) -> None:
         """Drop queue makes receipts stale."""
         store = backend.queue
