@@ -27,6 +27,7 @@ from tta_agent_coordination import (
 )
 from tta_agent_coordination.coordinator import (
     CLIENT_TYPE,
+    REPLY_QUEUE_TTL,
     REPLY_QUEUE_TYPE,
     AgentDirectory,
     MessageCoordinator,
@@ -47,6 +48,7 @@ from tta_agent_coordination.metrics import (
 )
 from tta_agent_coordination.registry import AgentRegistry
 from tta_agent_coordination.retry import RetryPolicy
+from tta_agent_coordination.testing.base import advance
 
 pytestmark = pytest.mark.anyio
 
@@ -411,6 +413,40 @@ async def test_late_response_is_acked_and_counted() -> None:
         await metrics.until(lambda: metrics.total(DELIVERIES_ACKED, queue=label) == 2)
         stats = await backend.queue.stats(coord.reply_queue)
         assert (stats.ready, stats.reserved, stats.dead) == (0, 0, 0)
+
+
+async def test_an_abandoned_reply_queue_disappears_after_its_ttl(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with connect("memory://?clock=manual") as backend:
+        async with MessageCoordinator(backend) as coord:
+            with pytest.raises(RequestTimeoutError):
+                await coord.request(SVC, timeout=0.01)  # starts the reader: the queue has a ttl
+
+            async def crash(queue: AgentId) -> int:
+                raise BackendUnavailableError("the process died before cleaning up")
+
+            monkeypatch.setattr(backend.queue, "drop_queue", crash)
+        assert coord.reply_queue in await backend.queue.queues()  # left behind
+        await advance(backend, REPLY_QUEUE_TTL - 10)
+        assert coord.reply_queue in await backend.queue.queues()
+        await advance(backend, 20)
+        assert coord.reply_queue not in await backend.queue.queues()
+
+
+async def test_reply_queue_ttl_failure_leaves_the_reader_unstarted(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def down(queue: AgentId, ttl: float | None) -> None:
+        raise BackendUnavailableError("down")
+
+    async with MessageCoordinator(backend) as coord:
+        monkeypatch.setattr(backend.queue, "set_queue_ttl", down)
+        with pytest.raises(BackendUnavailableError):
+            await coord.request(SVC, timeout=1)
+        monkeypatch.undo()
+        with pytest.raises(RequestTimeoutError):
+            await coord.request(SVC, timeout=0.01)  # the next request starts it
 
 
 async def test_request_needs_async_with(backend: Backend) -> None:
