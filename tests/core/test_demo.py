@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 import pytest
 
@@ -97,8 +98,16 @@ async def test_requests_that_time_out_are_reported_and_not_ok() -> None:
 
 
 def test_a_malformed_message_is_a_permanent_failure() -> None:
-    delivery = Delivery.model_construct(
-        message=AgentMessage(sender=AgentId("a"), recipient=AgentId("b"), payload=[1, 2])
+    now = datetime.now(UTC)
+    delivery = Delivery(
+        queue=AgentId("b"),
+        entry_id="e",
+        message=AgentMessage(sender=AgentId("a"), recipient=AgentId("b"), payload=[1, 2]),
+        attempt=1,
+        max_attempts=3,
+        receipt="r",
+        enqueued_at=now,
+        visible_at=now,
     )
     with pytest.raises(PermanentFailureError, match="JSON object"):
         demo._payload(delivery)
