@@ -1,0 +1,5 @@
+from tta_agent_coordination.testing.conformance import BackendConformance
+
+
+class TestAcme(BackendConformance):
+    url = "acme://"
