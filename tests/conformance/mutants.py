@@ -29,6 +29,8 @@ import anyio.lowlevel
 from tta_agent_coordination._validation import require_name
 from tta_agent_coordination.backends._memory_breakers import MemoryBreakerStore, _Breaker
 from tta_agent_coordination.backends._memory_queue import (
+    _READY,
+    _RESERVED,
     MemoryQueueStore,
     _check_duration,
     _check_optional_text,
@@ -45,6 +47,7 @@ from tta_agent_coordination.models import (
     AgentMessage,
     BreakerDecision,
     CircuitBreakerConfig,
+    Delivery,
     Page,
     RegistryEvent,
     RegistryEventKind,
@@ -134,6 +137,38 @@ class _CapRace(MemoryQueueStore):
         new_id = self._write(queue, item, now)
         self._wake(queue.name)
         return new_id
+
+
+class _ReserveRace(MemoryQueueStore):
+    """``reserve`` reads the due entries, awaits, then takes them without checking again.
+
+    So two consumers reserving at once can both get one entry.
+    """
+
+    async def reserve(
+        self,
+        queue: AgentId,
+        *,
+        visibility_timeout: float,
+        max_messages: int = 1,
+        wait: float | None = None,
+    ) -> list[Delivery]:
+        found = self._queues.get(str(queue))
+        if found is not None and not wait:
+            self._maintain(found, self._clock.time())
+            due = [i[4] for i in heapq.nsmallest(max_messages, found.ready) if i[4].version == i[3]]
+            await anyio.lowlevel.checkpoint()  # a round trip between the read and the write
+            now = self._clock.time()
+            for entry in due:
+                if entry.state == _RESERVED:  # another consumer took it meanwhile: take it too
+                    found.n_reserved -= 1
+                    entry.state = _READY
+                    entry.version += 1
+                    item = (-entry.priority, now, entry.seq, entry.version, entry)
+                    heapq.heappush(found.ready, item)
+        return await super().reserve(
+            queue, visibility_timeout=visibility_timeout, max_messages=max_messages, wait=wait
+        )
 
 
 class _NackLoses(MemoryQueueStore):
@@ -387,6 +422,12 @@ MUTANTS: tuple[type[MutantBackend], ...] = (
         breaks="queue 1: the cap check and the write are two steps (racing producers pass it)",
         caught_by="test_racing_producers_never_pass_the_cap",
         queue=_CapRace,
+    ),
+    _mutant(
+        "mutant-reserve-race",
+        breaks="queue 2: reserve reads then writes (two racing consumers both get an entry)",
+        caught_by="test_racing_reservers_never_share_an_entry",
+        queue=_ReserveRace,
     ),
     _mutant(
         "mutant-nack-loses",
