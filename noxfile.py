@@ -12,12 +12,15 @@ import nox
 
 nox.needs_version = ">=2025.2.9"
 nox.options.default_venv_backend = "uv"
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests", "conformance"]
 nox.options.reuse_venv = "yes"
 
 ROOT = Path(__file__).parent
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
 WHEELS = ROOT / ".nox" / "_wheels"
+EXAMPLE = ROOT / "docs" / "examples" / "acme-backend"
+# The rebuilt wheel keeps its version: make uv replace what a reused venv holds.
+REINSTALL = ["--reinstall-package", "tta-agent-coordination"]
 PYTHON = ["3.11"]
 
 
@@ -41,14 +44,14 @@ def _core_wheel(session: nox.Session) -> str:
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """Run the demo on the in-memory default (pass extra arguments after --)."""
-    session.install(_core_wheel(session))
+    session.install(*REINSTALL, _core_wheel(session))
     session.run("python", "-m", "tta_agent_coordination.demo", *session.posargs)
 
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The test suite on the installed wheel, with the core's line coverage held at 100%."""
-    session.install(_core_wheel(session), *_group("test"))
+    session.install(*REINSTALL, _core_wheel(session), *_group("test"))
     env = {
         "HYPOTHESIS_PROFILE": os.environ.get(
             "HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"
@@ -75,3 +78,32 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy")
     python = Path(session.virtualenv.location) / "bin" / "python"
     session.run("basedpyright", "--pythonpath", str(python))
+
+
+@nox.session(python=PYTHON)
+def conformance(session: nox.Session) -> None:
+    """A third-party driver passes the conformance suite shipped in the core's wheel.
+
+    A fresh venv gets the shared core wheel, the example driver docs/examples/acme-backend
+    (found only through its entry point) and the test tools; the example's one-class test file
+    runs the whole suite, then the packaged suite runs with no file at all (--pyargs).
+    """
+    session.install(
+        *REINSTALL,
+        "--reinstall-package",
+        "acme-tta-backend",
+        _core_wheel(session),
+        str(EXAMPLE),
+        *_group("test"),
+    )
+    session.chdir(EXAMPLE)
+    session.run("pytest", "-p", "no:cacheprovider", *session.posargs)
+    session.run(
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "--pyargs",
+        "tta_agent_coordination.testing",
+        "--tta-backend=acme://",
+        *session.posargs,
+    )

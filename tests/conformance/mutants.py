@@ -486,7 +486,7 @@ MUTANTS: tuple[type[MutantBackend], ...] = (
     _mutant(
         "mutant-replay-keeps-attempts",
         breaks="queue 5: replay keeps the attempt count instead of resetting it",
-        caught_by="test_replay_some_and_all",
+        caught_by="test_replay_resets_the_attempt_count",
         queue=_ReplayKeepsAttempts,
     ),
     _mutant(

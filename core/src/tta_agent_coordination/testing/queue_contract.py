@@ -497,6 +497,19 @@ class QueueContract(BackendTestBase):
         assert await store.dead_letter_count(QUEUE) == 0
         assert await drain_ids(store) == [ids[0], ids[2]]
 
+    async def test_replay_resets_the_attempt_count(self, backend: Backend) -> None:
+        """Replay resets the attempt count of an entry that died after several attempts."""
+        store = backend.queue
+        entry_id = await store.enqueue(message(), max_attempts=2)
+        assert await store.nack((await reserve_one(store)).receipt)
+        assert await store.nack((await reserve_one(store)).receipt)  # dies at attempt 2
+        dead = await store.get_dead_letter(QUEUE, entry_id)
+        assert dead is not None
+        assert dead.attempts == 2
+        assert await store.replay_dead_letters(QUEUE) == [entry_id]
+        again = await reserve_one(store)
+        assert (again.entry_id, again.attempt, again.is_last_attempt) == (entry_id, 1, False)
+
     async def test_replay_is_not_refused_by_the_cap(self) -> None:
         """Replay is not refused by the cap."""
         async with self.connect_with(max_queue_length=1) as backend:

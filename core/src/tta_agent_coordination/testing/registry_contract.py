@@ -99,10 +99,14 @@ async def all_events(store: RegistryStore, after: str = "0") -> list[RegistryEve
     """Every retained event after ``after``, page by page."""
     events: list[RegistryEvent] = []
     cursor = after
+    seen: set[str] = set()
     while True:
         page = await store.read_events(after=cursor, limit=2)
         events.extend(page.items)
         assert page.next_cursor is not None
+        # A driver whose pages do not advance would loop forever: fail instead.
+        assert page.next_cursor not in seen, f"read_events repeats cursor {page.next_cursor!r}"
+        seen.add(cursor)
         cursor = page.next_cursor
         if not page.items:
             return events
