@@ -45,6 +45,7 @@ __all__ = [
     "ModelSession",
     "QueueModel",
     "RegistryModel",
+    "ReserveVerdict",
 ]
 
 MAX_ATTEMPTS = str(DeadLetterReason.MAX_ATTEMPTS)
@@ -137,6 +138,23 @@ class ModelDeadLetter:
     reasons: frozenset[str]
     attempts: int
     death: int
+
+
+@dataclass(frozen=True)
+class ReserveVerdict:
+    """The model's judgement of a reserve's answer.
+
+    Attributes:
+        wanted: How many deliveries it must have.
+        unready: Delivered ids that were not ready (reserved, delayed, dead or unknown).
+        misordered: ``(a, b)`` pairs where ``a`` was delivered after ``b`` but must precede it.
+        skipped: ``(a, b)`` pairs where ready ``a`` was left but must precede delivered ``b``.
+    """
+
+    wanted: int
+    unready: list[str]
+    misordered: list[tuple[str, str]]
+    skipped: list[tuple[str, str]]
 
 
 @dataclass(frozen=True)
@@ -262,29 +280,28 @@ class QueueModel:
         self.entries[entry.entry_id] = entry
         self.known.add(entry.entry_id)
 
-    def check_reserve(self, entry_ids: list[str], max_messages: int) -> str | None:
-        """Why ``entry_ids`` is not an acceptable answer to a reserve, or ``None`` if it is."""
+    def check_reserve(self, entry_ids: list[str], max_messages: int) -> ReserveVerdict:
+        """Judge ``entry_ids`` as the answer to a reserve of ``max_messages`` (no commit)."""
         self._step()
         ready = {e.entry_id: e for e in self.ready()}
-        wanted = min(max_messages, len(ready))
-        if len(entry_ids) != wanted:
-            return f"expected {wanted} deliveries, got {len(entry_ids)}"
-        if len(set(entry_ids)) != len(entry_ids):
-            return f"an entry delivered twice in one batch: {entry_ids}"
-        unready = [i for i in entry_ids if i not in ready]
-        if unready:
-            return f"delivered entries that are not ready: {unready} (ready: {sorted(ready)})"
-        chosen = [ready[i] for i in entry_ids]
-        for index, later in enumerate(chosen):
-            for earlier in chosen[:index]:
-                if self.must_precede(later, earlier):
-                    return f"{later.entry_id} must come before {earlier.entry_id}"
-        for left in ready.values():
-            if left.entry_id not in entry_ids:
-                for taken in chosen:
-                    if self.must_precede(left, taken):
-                        return f"{left.entry_id} must be delivered before {taken.entry_id}"
-        return None
+        chosen = [ready[i] for i in entry_ids if i in ready]
+        return ReserveVerdict(
+            wanted=min(max_messages, len(ready)),
+            unready=[i for i in entry_ids if i not in ready],
+            misordered=[
+                (later.entry_id, earlier.entry_id)
+                for index, later in enumerate(chosen)
+                for earlier in chosen[:index]
+                if self.must_precede(later, earlier)
+            ],
+            skipped=[
+                (left.entry_id, taken.entry_id)
+                for left in ready.values()
+                if left.entry_id not in entry_ids
+                for taken in chosen
+                if self.must_precede(left, taken)
+            ],
+        )
 
     def reserve(self, receipts: list[tuple[str, str]], visibility_timeout: float) -> None:
         """Commit a reserve checked by :meth:`check_reserve`: ``(entry id, receipt)`` pairs."""
