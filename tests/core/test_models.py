@@ -131,7 +131,7 @@ def test_message_defaults_and_json_round_trip() -> None:
     )
     assert len(message.message_id) == 32
     assert message.recipient == AgentId("world_builder", "w2")
-    assert message.message_type is MessageType.REQUEST
+    assert message.message_type == MessageType.REQUEST
     assert message.priority == MessagePriority.NORMAL
     assert message.created_at.tzinfo is not None
     again = AgentMessage.model_validate_json(message.model_dump_json())
@@ -149,7 +149,7 @@ def test_message_type_accepts_any_string_and_keeps_known_ones_typed() -> None:
     custom = AgentMessage(sender=sender, recipient=recipient, message_type="story.beat")
     assert custom.message_type == "story.beat"
     known = AgentMessage(sender=sender, recipient=recipient, message_type="event")
-    assert known.message_type is MessageType.EVENT
+    assert known.message_type == MessageType.EVENT
     with pytest.raises(ValidationError):
         AgentMessage(sender=sender, recipient=recipient, message_type="")
 

@@ -149,7 +149,10 @@ class MessagePriority(IntEnum):
 
 
 class MessageType(StrEnum):
-    """The message types the coordinator knows; any other non-empty string is accepted."""
+    """The message types the coordinator knows; any other non-empty string is accepted.
+
+    ``AgentMessage.message_type`` is a plain ``str`` (it compares equal to these members).
+    """
 
     REQUEST = "request"
     RESPONSE = "response"
@@ -182,14 +185,6 @@ class AgentMessage(Model):
     reply_to: AgentId | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     ttl: PositiveFloat | None = None
-
-    @field_validator("message_type")
-    @classmethod
-    def _known_type(cls, value: str) -> str:
-        try:
-            return MessageType(value)
-        except ValueError:
-            return value
 
     @field_validator("priority", mode="before")
     @classmethod

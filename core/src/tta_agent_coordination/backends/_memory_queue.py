@@ -784,9 +784,8 @@ class MemoryQueueStore:
         queue.n_reserved += len(taken)
         visible_at = _ts(deadline)
         prefix = f"{_RECEIPT_PREFIX}{queue.name}/"
-        # Built from the store's own, already validated data: skip re-validation.
         return [
-            Delivery.model_construct(
+            Delivery(
                 queue=queue.agent_id,
                 entry_id=entry.entry_id,
                 message=decode_message(entry.body),
