@@ -17,7 +17,16 @@ from mutants import CONTROL, MUTANTS, MutantBackend
 
 pytest_plugins = ["pytester"]
 
-SUITE = ("-p", "no:cacheprovider", "--pyargs", "tta_agent_coordination.testing")
+# The stateful test is left out here: it has teeth of its own (tests/core/test_stateful.py)
+# and running it for every mutant would multiply this file's time.
+SUITE = (
+    "-p",
+    "no:cacheprovider",
+    "--pyargs",
+    "tta_agent_coordination.testing",
+    "-k",
+    "not test_stateful_contract",
+)
 RACE_RUNS = 5
 
 #: mutant scheme -> names of the suite tests that failed (per run for the race mutant).

@@ -22,6 +22,7 @@ from typing import TypeVar
 from .breaker_contract import BreakerContract
 from .queue_contract import QueueContract
 from .registry_contract import RegistryContract
+from .stateful import StatefulContract
 
 __all__ = ["OVERRIDE_REASON_ATTR", "BackendConformance", "override_reason"]
 
@@ -44,5 +45,8 @@ def override_reason(reason: str) -> Callable[[F], F]:
     return mark
 
 
-class BackendConformance(QueueContract, RegistryContract, BreakerContract):
-    """The whole suite: queue, registry and breaker contracts. Set ``url``."""
+class BackendConformance(QueueContract, RegistryContract, BreakerContract, StatefulContract):
+    """The whole suite: the queue, registry and breaker contracts and the stateful test.
+
+    Set ``url``.
+    """
