@@ -1,0 +1,199 @@
+"""The Redis breaker store: circuit-breaker state shared by every process of a namespace.
+
+Every operation is one Lua script (``scripts/breaker_*.lua``, sharing ``breaker_lib``), so
+every transition is atomic across processes and costs one round trip. The configuration
+travels with each call (decision 0001); the store keeps only state. Times are the server's
+(``TIME`` inside the script, plus the namespace's clock offset), in microseconds. The keys,
+under the namespace's hash tag (one Redis Cluster slot):
+
+=====================  ====  ================================================================
+``breaker:<name>``     HASH  state, successes, opened and changed times, the failure times
+                             (comma-joined, at most ``failure_threshold``) and one field
+                             ``p:<permit>`` -> lease end per half-open probe permit
+``breakers``           SET   every breaker name used (``acquire``, ``record_*``, ``reset``)
+=====================  ====  ================================================================
+
+Half-open probe permits are fields of the breaker's hash with the end of their lease: a
+script counts only the leases that have not ended, so a crashed probe frees its slot after
+``probe_timeout`` and its late outcome is ignored; every transition deletes them all, so a
+permit of an earlier period never counts. Two processes therefore always agree, and at most
+``half_open_max_calls`` permits are out at any moment across all of them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final
+
+from tta_agent_coordination._validation import require_name
+from tta_agent_coordination.models import (
+    BreakerDecision,
+    BreakerSnapshot,
+    BreakerState,
+    BreakerTransition,
+    BreakerUpdate,
+    CircuitBreakerConfig,
+)
+
+if TYPE_CHECKING:
+    from tta_agent_coordination.settings import BackendOptions
+
+    from .backend import Connection
+
+__all__ = ["RedisBreakerStore"]
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_STATES: Final = {state.value.encode(): state for state in BreakerState}
+
+
+def _dt(microseconds: bytes) -> datetime | None:
+    return _EPOCH + timedelta(microseconds=int(microseconds)) if microseconds else None
+
+
+def _us(seconds: float) -> int:
+    return max(1, round(seconds * 1_000_000))
+
+
+def _config_args(config: CircuitBreakerConfig) -> list[int | str]:
+    if not isinstance(config, CircuitBreakerConfig):  # pyright: ignore[reportUnnecessaryIsInstance]  # runtime guard
+        from tta_agent_coordination.errors import ValidationError  # noqa: PLC0415
+
+        msg = f"config must be a CircuitBreakerConfig, not {type(config).__name__}"
+        raise ValidationError(msg)
+    return [
+        config.failure_threshold,
+        "" if config.window is None else _us(config.window),
+        _us(config.recovery_timeout),
+        config.half_open_max_calls,
+        config.success_threshold,
+        _us(config.probe_timeout),
+    ]
+
+
+def _parse(name: str, reply: Sequence[bytes]) -> tuple[bool, str | None, BreakerSnapshot, Any]:
+    """(allowed, permit, snapshot, transition) from a breaker script's answer."""
+    allowed, permit, state, failures, successes, permits, opened, changed, retry_after = reply[:9]
+    from_state, to_state, at = reply[9:12]
+    snapshot = BreakerSnapshot(
+        name=name,
+        state=_STATES[state],
+        failures=int(failures),
+        successes=int(successes),
+        permits_in_use=int(permits),
+        opened_at=_dt(opened),
+        changed_at=_dt(changed),
+        retry_after=int(retry_after) / 1_000_000 if retry_after else None,
+    )
+    transition = None
+    if from_state:
+        moved_at = _dt(at)
+        assert moved_at is not None  # noqa: S101  # the scripts set it with every transition
+        transition = BreakerTransition(
+            name=name, from_state=_STATES[from_state], to_state=_STATES[to_state], at=moved_at
+        )
+    return allowed == b"1", permit.decode() or None, snapshot, transition
+
+
+class RedisBreakerStore:
+    """The breaker store on Redis (the ``BreakerStore`` protocol).
+
+    Args:
+        connection: The backend's shared internals (client, keys, scripts, error boundary).
+        options: The backend's options.
+    """
+
+    def __init__(self, connection: Connection, options: BackendOptions) -> None:
+        self._connection = connection
+        self._options = options
+        keys = connection.keys
+        self._names_key = keys.ns("breakers")
+        self._prefix = keys.ns("breaker:")
+
+    async def _run(
+        self, script: str, name: str, config: CircuitBreakerConfig | None, *args: str
+    ) -> tuple[bool, str | None, BreakerSnapshot, Any]:
+        require_name(name, "breaker name")
+        config_args = _config_args(config) if config is not None else ["1", "", "1", "1", "1", "1"]
+        keys = [self._connection.keys.clock, self._prefix + name, self._names_key]
+        reply = await self._connection.run_script(
+            f"breaker_{script}", keys, [name, *config_args, *args]
+        )
+        return _parse(name, reply)
+
+    async def acquire(self, name: str, config: CircuitBreakerConfig) -> BreakerDecision:
+        """May a call proceed? Moves open to half-open once ``recovery_timeout`` has passed.
+
+        Closed: allowed without a permit. Open: refused with ``retry_after`` until the recovery
+        timeout ends; then the first caller moves it to half-open and gets a permit. Half-open:
+        a permit (a lease of ``probe_timeout`` seconds) while fewer than
+        ``half_open_max_calls`` are outstanding across all processes, else refused with
+        ``retry_after=0``.
+
+        Raises:
+            ValidationError: An invalid breaker name.
+        """
+        allowed, permit, snapshot, transition = await self._run(
+            "acquire", name, config, uuid.uuid4().hex
+        )
+        return BreakerDecision(
+            allowed=allowed, permit=permit, snapshot=snapshot, transition=transition
+        )
+
+    async def record_success(
+        self, name: str, config: CircuitBreakerConfig, permit: str | None = None
+    ) -> BreakerUpdate:
+        """Record a successful call: a probe's (with its permit) or a closed call's (without).
+
+        Raises:
+            ValidationError: An invalid breaker name.
+        """
+        _, _, snapshot, transition = await self._run(
+            "record", name, config, "success", permit or ""
+        )
+        return BreakerUpdate(snapshot=snapshot, transition=transition)
+
+    async def record_failure(
+        self, name: str, config: CircuitBreakerConfig, permit: str | None = None
+    ) -> BreakerUpdate:
+        """Record a failed call: ``failure_threshold`` failures open it, a probe's re-opens it.
+
+        Raises:
+            ValidationError: An invalid breaker name.
+        """
+        _, _, snapshot, transition = await self._run(
+            "record", name, config, "failure", permit or ""
+        )
+        return BreakerUpdate(snapshot=snapshot, transition=transition)
+
+    async def snapshot(self, name: str, config: CircuitBreakerConfig) -> BreakerSnapshot:
+        """The current state; closed with zeros for a name never used (not added to the index).
+
+        Raises:
+            ValidationError: An invalid breaker name.
+        """
+        return (await self._run("snapshot", name, config))[2]
+
+    async def reset(self, name: str) -> BreakerUpdate:
+        """Close the breaker from any state and forget its failures.
+
+        Raises:
+            ValidationError: An invalid breaker name.
+        """
+        _, _, snapshot, transition = await self._run("reset", name, None)
+        return BreakerUpdate(snapshot=snapshot, transition=transition)
+
+    async def breakers(self) -> list[str]:
+        """Every breaker name used in this namespace, from the index, sorted."""
+        names_key = self._names_key
+
+        async def members(client: Any) -> Any:
+            return await client.smembers(names_key)
+
+        names: set[bytes] = await self._connection.call(members, what="list breakers")
+        return sorted(name.decode() for name in names)
+
+    async def drop(self) -> None:
+        """Delete every breaker of the namespace, found from the index (``drop_namespace``)."""
+        await self._connection.run_script("breaker_drop", [self._names_key], [self._prefix])
