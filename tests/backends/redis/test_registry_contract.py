@@ -1,0 +1,11 @@
+"""The packaged registry contract, unchanged, against a real redis-server."""
+
+from __future__ import annotations
+
+from tta_agent_coordination.testing.registry_contract import RegistryContract
+
+from redis_helpers import REDIS_URL
+
+
+class TestRedisRegistry(RegistryContract):
+    url = REDIS_URL
