@@ -1,0 +1,344 @@
+"""The Redis backend: ``redis://``, ``rediss://`` (TLS) and ``redis+cluster://``.
+
+``RedisBackend`` bundles the three stores over one redis-py asyncio client. The stores share
+one small internal object, :class:`Connection`, which is the driver's whole internal API:
+
+``Connection`` (built once per backend; stores keep a reference)
+    ``client``
+        The ``redis.asyncio.Redis`` client (``decode_responses=False``: replies are bytes).
+    ``keys``
+        A :class:`~tta_agent_coordination_redis.keys.Keys` for the namespace:
+        ``keys.ns("breakers")`` is a namespace-wide key (the namespace's hash tag),
+        ``keys.queue(name, "ready")`` a key of one queue, ``keys.clock`` the clock offset key.
+    ``options``
+        The ``BackendOptions`` in force.
+    ``await run_script(name, keys, args)``
+        Runs ``scripts/<name>.lua`` in one round trip (``EVALSHA``, reloaded on ``NOSCRIPT``),
+        inside the error boundary (transient errors retried, then ``BackendUnavailableError``).
+        A script reads the backend's clock with ``--#include _time`` and
+        ``tta_now(KEYS[i])``, passing ``keys.clock`` among its KEYS.
+    ``await call(fn, what=...)``
+        Runs ``fn(client)`` (one command or one pipeline) inside the same boundary.
+    ``await time_ms()``
+        The backend's clock (server ``TIME`` plus the offset), in milliseconds.
+
+A store module ``registry.py`` (``RedisRegistryStore``) or ``breakers.py``
+(``RedisBreakerStore``) is wired in when it exists: its class is built as
+``Store(connection, options)`` and may define ``async def drop(self) -> None``, which
+``drop_namespace`` awaits to delete the store's keys from the store's own indexes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any, Final, Protocol, Self, TypeVar, cast
+from urllib.parse import SplitResult, urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from tta_agent_coordination.errors import BackendConfigWarning, ValidationError
+from tta_agent_coordination.protocols import BreakerStore, RegistryStore
+from tta_agent_coordination.settings import BackendOptions
+
+from ._errors import boundary
+from ._scripts import ScriptRunner
+from .keys import Keys
+from .queue import RedisQueueStore
+
+__all__ = ["SCHEMES", "Connection", "RedisBackend", "RedisClock", "from_url"]
+
+T = TypeVar("T")
+
+#: The URL schemes this driver serves.
+SCHEMES: Final = ("redis", "rediss", "redis+cluster")
+
+#: Driver options accepted in the URL query (passed to redis-py as they are).
+_CLIENT_OPTIONS: Final = {
+    "socket_timeout": float,
+    "socket_connect_timeout": float,
+    "health_check_interval": int,
+    "max_connections": int,
+}
+
+
+class Connection:
+    """What every store of one backend shares: the client, the keys, scripts, the boundary.
+
+    Args:
+        client: A ``redis.asyncio.Redis`` client.
+        options: The backend's options.
+    """
+
+    def __init__(self, client: Redis, options: BackendOptions) -> None:
+        self.client = client
+        self.options = options
+        self.keys = Keys(options.namespace)
+        self.scripts = ScriptRunner()
+        self._checked = False
+
+    async def _check_server(self) -> None:
+        """Warn once when the server may evict keys (any ``maxmemory-policy`` but noeviction)."""
+        if self._checked:
+            return
+        self._checked = True
+        try:
+            reply = cast("dict[Any, Any]", await self.client.config_get("maxmemory-policy"))
+        except Exception:  # noqa: BLE001  # CONFIG may be disabled (managed Redis): not an error
+            return
+        policy = next(iter(reply.values()), b"")
+        if isinstance(policy, bytes):
+            policy = policy.decode()
+        if policy and policy != "noeviction":
+            warnings.warn(
+                f"redis maxmemory-policy is {policy!r}: the server may evict queue keys, which"
+                " loses messages; set it to 'noeviction'",
+                BackendConfigWarning,
+                stacklevel=2,
+            )
+
+    async def call(self, fn: Callable[[Redis], Awaitable[T]], *, what: str) -> T:
+        """Run ``fn(client)`` (one command or pipeline) inside the error boundary."""
+        if not self._checked:
+            await boundary(self._check_server, what="the connect-time check")
+        return await boundary(lambda: fn(self.client), what=what)
+
+    async def run_script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run ``scripts/<name>.lua`` in one round trip, inside the error boundary."""
+        if not self._checked:
+            await boundary(self._check_server, what="the connect-time check")
+        return await boundary(
+            lambda: self.scripts.run(self.client, name, keys, args), what=name.replace("_", " ")
+        )
+
+    async def time_ms(self) -> int:
+        """The backend's clock (server time plus the namespace's offset), in milliseconds."""
+        return int(await self.run_script("now", [self.keys.clock], []))
+
+
+class _Dropper(Protocol):
+    async def drop(self) -> None: ...
+
+
+class RedisClock:
+    """The ``clock_control`` capability: an offset added to the server's clock.
+
+    The offset lives in one namespace key that only test fixtures set; every script adds it
+    to ``TIME``. :meth:`advance` also wakes the consumers waiting on the namespace's queues,
+    so they re-check their due entries.
+    """
+
+    def __init__(self, connection: Connection, queue: RedisQueueStore) -> None:
+        self._connection = connection
+        self._queue = queue
+
+    async def now(self) -> float:
+        """The backend's clock, in seconds since the epoch."""
+        return await self._connection.time_ms() / 1000
+
+    async def advance(self, seconds: float) -> None:
+        """Move the namespace's clock forward by ``seconds`` and wake waiting consumers."""
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:  # pyright: ignore[reportUnnecessaryIsInstance]  # runtime guard
+            msg = f"the clock only moves forward: advance({seconds!r})"
+            raise ValidationError(msg)
+        keys = self._connection.keys
+        await self._connection.run_script("advance", [keys.clock], [round(seconds * 1000)])
+        await self._queue.wake_all()
+
+
+def _masked(parts: SplitResult) -> str:
+    if parts.password is None:
+        return urlunsplit(parts)
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class RedisBackend:
+    """The Redis backend. Prefer ``connect("redis://host:6379/0?namespace=app")``.
+
+    Args:
+        client: A ``redis.asyncio.Redis`` client (``decode_responses`` must be off).
+        options: The namespace and queue defaults.
+        url: The URL it was made from (shown with the password masked).
+        owns_client: Close the client in :meth:`aclose` (true when built from a URL).
+        tls: The connection is encrypted (``rediss://``).
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        options: BackendOptions | None = None,
+        *,
+        url: str | None = None,
+        owns_client: bool = False,
+        tls: bool = False,
+    ) -> None:
+        self._options = options if options is not None else BackendOptions()
+        self._connection = Connection(client, self._options)
+        self._owns_client = owns_client
+        self._url = _masked(urlsplit(url)) if url is not None else "redis://(client)"
+        self._capabilities = frozenset({"clock_control", *(["tls"] if tls else [])})
+        self._queue = RedisQueueStore(self._connection, self._options)
+        self._clock = RedisClock(self._connection, self._queue)
+        self._registry: RegistryStore | None = self._optional("registry", "RedisRegistryStore")
+        self._breakers: BreakerStore | None = self._optional("breakers", "RedisBreakerStore")
+        self._closed = False
+
+    def _optional(self, module: str, name: str) -> Any:
+        """Build a store from a sibling module if that module exists yet."""
+        try:
+            found = importlib.import_module(f"{__package__}.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.{module}":
+                raise
+            return None
+        return getattr(found, name)(self._connection, self._options)
+
+    @classmethod
+    def from_url(cls, url: str, options: BackendOptions) -> RedisBackend:
+        """The factory the plugin names: ``redis[s]://[[user]:password@]host[:port][/db]``.
+
+        Query parameters other than the core's options may be ``socket_timeout``,
+        ``socket_connect_timeout``, ``health_check_interval`` and ``max_connections``.
+
+        Raises:
+            ValidationError: An unknown scheme or option, or ``redis+cluster://`` (not yet
+                supported by this version of the driver).
+        """
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in SCHEMES:
+            msg = f"the redis driver serves {', '.join(SCHEMES)}, not {scheme}://"
+            raise ValidationError(msg)
+        if scheme == "redis+cluster":
+            msg = "redis+cluster:// is not supported yet by tta-agent-coordination-redis"
+            raise ValidationError(msg)
+        client_options: dict[str, Any] = {}
+        for key, value in options.extra.items():
+            convert = _CLIENT_OPTIONS.get(key)
+            if convert is None:
+                msg = f"unknown redis:// option {key!r} (known: {', '.join(_CLIENT_OPTIONS)})"
+                raise ValidationError(msg)
+            try:
+                client_options[key] = convert(value)
+            except ValueError as exc:
+                msg = f"redis:// option {key}={value!r} is not a {convert.__name__}"
+                raise ValidationError(msg) from exc
+        base = urlunsplit(parts._replace(query="", fragment=""))
+        client = Redis.from_url(
+            base,
+            decode_responses=False,
+            retry=Retry(NoBackoff(), 0),  # the driver's boundary retries, once, by class
+            **client_options,
+        )
+        return cls(
+            client,
+            options.model_copy(update={"extra": {}}),
+            url=url,
+            owns_client=True,
+            tls=scheme == "rediss",
+        )
+
+    @property
+    def url(self) -> str:
+        """The URL it was made from, with any password masked."""
+        return self._url
+
+    @property
+    def options(self) -> BackendOptions:
+        """The namespace and queue defaults in force."""
+        return self._options
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """``clock_control`` always; ``tls`` for ``rediss://``."""
+        return self._capabilities
+
+    @property
+    def connection(self) -> Connection:
+        """The internals every store shares (client, keys, scripts, error boundary)."""
+        return self._connection
+
+    @property
+    def client(self) -> Redis:
+        """The redis-py client."""
+        return self._connection.client
+
+    @property
+    def queue(self) -> RedisQueueStore:
+        """The queue store."""
+        return self._queue
+
+    @property
+    def registry(self) -> RegistryStore:
+        """The registry store.
+
+        Raises:
+            NotImplementedError: This build of the driver has no registry store yet.
+        """
+        if self._registry is None:
+            msg = "the redis registry store is not available in this build yet"
+            raise NotImplementedError(msg)
+        return self._registry
+
+    @property
+    def breakers(self) -> BreakerStore:
+        """The breaker store.
+
+        Raises:
+            NotImplementedError: This build of the driver has no breaker store yet.
+        """
+        if self._breakers is None:
+            msg = "the redis breaker store is not available in this build yet"
+            raise NotImplementedError(msg)
+        return self._breakers
+
+    @property
+    def clock(self) -> RedisClock:
+        """The clock hook (``clock_control``)."""
+        return self._clock
+
+    async def drop_namespace(self) -> None:
+        """Remove everything this backend wrote in its namespace, from its own indexes."""
+        await self._queue.drop_all()
+        for store in (self._registry, self._breakers):
+            drop = getattr(store, "drop", None)
+            if drop is not None:
+                await cast("_Dropper", store).drop()
+        keys = self._connection.keys
+        await self._connection.call(
+            lambda c: c.delete(keys.clock, keys.queues, keys.idle), what="drop namespace"
+        )
+
+    async def aclose(self) -> None:
+        """Close the client if this backend made it; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_client:
+            await self._connection.client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def from_url(url: str, options: BackendOptions) -> RedisBackend:
+    """The factory for ``redis://``, ``rediss://`` and ``redis+cluster://``."""
+    return RedisBackend.from_url(url, options)

@@ -1,0 +1,664 @@
+"""The Redis queue store: every operation one Lua script, one round trip.
+
+The data layout (``docs/redis-layout.md`` says why each structure was chosen), per queue, all
+under the queue's hash tag: ``meta`` and ``body`` hashes keyed by entry id (each message body
+stored once), a ``ready`` sorted set ordered by priority, due time and enqueue sequence,
+``delayed``, ``reserved`` and ``expiry`` sorted sets by due time, reservation deadline and ttl
+deadline, ``dead`` (by dead-letter sequence) with ``deadinfo``, ``settled`` and ``acks`` (ids
+kept for ``entry_id_retention`` and the token that acked them), ``dedup``/``dedupx`` and a
+``wake`` list. The namespace holds the queue index (``queues``), the idle-ttl index (``idle``)
+and the clock offset.
+
+Every rule of the memory reference driver is kept; the scripts in ``scripts/`` follow
+``tta_agent_coordination.backends._memory_queue`` step by step:
+
+* a receipt is valid until its reservation deadline; acting on it later reclaims the entry
+  and returns ``False``;
+* ``nack`` at ``max_attempts`` dead-letters (``max_attempts``); an expired ttl is noticed when
+  the entry is due or handed back (``expired``);
+* ``replay`` keeps the entry id, resets the attempt, re-enqueues now and is not capped;
+* settled entry ids are remembered for ``entry_id_retention`` so retried enqueues are safe.
+
+A waiting ``reserve`` blocks with ``BLPOP`` on the queue's ``wake`` list, for at most the time
+until the earliest due entry or reservation deadline (the script's answer): enqueue, nack,
+release, replay and ``clock.advance`` push a token there, and a reserve that leaves entries
+ready passes the wake-up on. An idle waiting consumer costs one blocked command.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final, cast
+
+from tta_agent_coordination._codec import decode_message, encode_message
+from tta_agent_coordination.errors import InvalidReceiptError, QueueFullError, ValidationError
+from tta_agent_coordination.models import (
+    AgentId,
+    AgentMessage,
+    DeadLetter,
+    Delivery,
+    EnqueueRequest,
+    Page,
+    QueueStats,
+)
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from tta_agent_coordination.settings import BackendOptions
+
+    from .backend import Connection
+
+__all__ = ["RECEIPT_PREFIX", "RedisQueueStore"]
+
+_MAX_BATCH: Final = 1000
+_MAX_ID: Final = 128
+_MAX_DEDUP: Final = 512
+
+_PART = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
+_QUEUE_NAME = re.compile(rf"{_PART}(?::{_PART})?")
+#: Receipts name the queue (and so its hash tag), a fresh token and the entry id.
+RECEIPT_PREFIX: Final = "rq1."
+_RECEIPT = re.compile(
+    rf"rq1\.({_PART}(?::{_PART})?)/([0-9a-f]{{16}})/(.{{1,{_MAX_ID}}})", re.DOTALL
+)
+#: Seconds added to a wake-up at a due time, so the entry is due when the script looks.
+_DUE_SLACK: Final = 0.002
+#: The shortest block: BLPOP's timeout 0 would mean "forever".
+_MIN_BLOCK: Final = 0.01
+
+
+def _fail(message: str) -> ValidationError:
+    return ValidationError(message)
+
+
+def _check_duration(value: object, what: str, *, positive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(f"{what} must be a number of seconds, not {type(value).__name__}")
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0 or (positive and seconds == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise _fail(f"{what} must be finite and {bound}, not {value!r}")
+    return seconds
+
+
+def _ms(seconds: float, *, positive: bool = False) -> int:
+    """Seconds to whole milliseconds (at least 1 for a positive duration)."""
+    value = round(seconds * 1000)
+    return max(1, value) if positive else value
+
+
+def _check_int(value: object, what: str, low: int, high: int | None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(f"{what} must be an int, not {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        top = "" if high is None else f" and <= {high}"
+        raise _fail(f"{what} must be >= {low}{top}, not {value}")
+    return value
+
+
+def _check_text(value: object, what: str, limit: int) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= limit:
+        raise _fail(f"{what} must be a string of 1 to {limit} characters, not {value!r}")
+    return value
+
+
+def _check_optional_text(value: object, what: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise _fail(f"{what} must be a string or None, not {type(value).__name__}")
+    return value
+
+
+def _check_queue(queue: object) -> AgentId:
+    if not isinstance(queue, AgentId):
+        raise _fail(f"queue must be an AgentId, not {type(queue).__name__}")
+    return queue
+
+
+def _check_ids(entry_ids: Sequence[str] | None) -> list[str] | None:
+    if entry_ids is None:
+        return None
+    if isinstance(entry_ids, str) or not isinstance(entry_ids, Sequence):  # pyright: ignore[reportUnnecessaryIsInstance]  # runtime guard
+        raise _fail("entry_ids must be a sequence of entry id strings (or None for all)")
+    return [_check_text(e, "entry id", _MAX_ID) for e in entry_ids]
+
+
+def _parse_receipt(receipt: object) -> tuple[str, str, str]:
+    """Split a receipt into (queue name, token, entry id); raise if it is malformed."""
+    if not isinstance(receipt, str):
+        raise InvalidReceiptError(f"a receipt is a string, not {type(receipt).__name__}")
+    match = _RECEIPT.fullmatch(receipt)
+    if match is None:
+        raise InvalidReceiptError(f"{receipt!r} is not a receipt of the redis driver")
+    name, token, entry_id = match.groups()
+    return name, token, entry_id
+
+
+def _ts(milliseconds: float) -> datetime:
+    return datetime.fromtimestamp(milliseconds / 1000, UTC)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _json(value: bytes | str) -> dict[str, Any]:
+    return cast("dict[str, Any]", json.loads(value))
+
+
+class RedisQueueStore:
+    """The Redis :class:`~tta_agent_coordination.protocols.QueueStore`.
+
+    Build it through ``connect("redis://...")``. Each method sends one script (or, for
+    ``stats_all`` and ``queues``, a bounded handful of round trips over the index).
+
+    Args:
+        connection: The backend's shared internals.
+        options: The queue defaults.
+    """
+
+    def __init__(self, connection: Connection, options: BackendOptions) -> None:
+        self._connection = connection
+        self._options = options
+        keys = connection.keys
+        self._ns_keys = [keys.clock, keys.queues, keys.idle]
+        self._common = [
+            options.max_queue_length,
+            _ms(options.dedup_window),
+            -1 if options.dead_letter_max_age is None else _ms(options.dead_letter_max_age),
+            -1 if options.dead_letter_max_length is None else options.dead_letter_max_length,
+            _ms(options.entry_id_retention),
+        ]
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _keys(self, name: str) -> list[str]:
+        return [*self._ns_keys, *self._connection.keys.queue_keys(name)]
+
+    async def _run(self, script: str, name: str, *args: Any) -> Any:
+        return await self._connection.run_script(
+            script, self._keys(name), [name, *self._common, *args]
+        )
+
+    # -- enqueue ------------------------------------------------------------------------------
+
+    def _prepare(
+        self,
+        message: AgentMessage,
+        delay: float | None,
+        dedup_key: str | None,
+        entry_id: str | None,
+        max_attempts: int | None,
+    ) -> list[Any]:
+        body = encode_message(message, self._options.max_message_bytes)
+        seconds = 0.0 if delay is None else _check_duration(delay, "delay", positive=False)
+        key = "" if dedup_key is None else _check_text(dedup_key, "dedup_key", _MAX_DEDUP)
+        # Fixed before the first try: a retried enqueue (lost reply) writes nothing again.
+        ident = uuid.uuid4().hex if entry_id is None else _check_text(entry_id, "entry_id", _MAX_ID)
+        attempts = (
+            self._options.max_attempts
+            if max_attempts is None
+            else _check_int(max_attempts, "max_attempts", 1, None)
+        )
+        ttl = -1 if message.ttl is None else _ms(message.ttl, positive=True)
+        return [ident, body, int(message.priority), _ms(seconds), key, attempts, ttl]
+
+    async def _enqueue(self, queue: AgentId, items: list[list[Any]]) -> list[str]:
+        name = str(queue)
+        flat = [value for item in items for value in item]
+        reply = cast("list[Any]", await self._run("enqueue", name, len(items), *flat))
+        if int(reply[0]) == 0:
+            raise QueueFullError(name, self._options.max_queue_length)
+        return [_text(v) for v in reply[1:]]
+
+    async def enqueue(
+        self,
+        message: AgentMessage,
+        *,
+        delay: float | None = None,
+        dedup_key: str | None = None,
+        entry_id: str | None = None,
+        max_attempts: int | None = None,
+    ) -> str:
+        """Add ``message`` to the queue of ``message.recipient``; return the entry id.
+
+        Raises:
+            ValidationError: A bad argument (nothing written).
+            MessageTooLargeError: The serialised message is over ``max_message_bytes``.
+            QueueFullError: The queue holds ``max_queue_length`` live entries.
+            BackendUnavailableError: Redis could not be reached (retrying is safe).
+        """
+        item = self._prepare(message, delay, dedup_key, entry_id, max_attempts)
+        (result,) = await self._enqueue(message.recipient, [item])
+        return result
+
+    async def enqueue_many(self, requests: Sequence[EnqueueRequest]) -> list[str]:
+        """Enqueue a batch for one queue, all or nothing, in one script.
+
+        Raises:
+            ValidationError: A request is not an ``EnqueueRequest``, or the batch spans queues.
+            MessageTooLargeError: A message is over ``max_message_bytes``.
+            QueueFullError: The new entries would pass ``max_queue_length``.
+        """
+        given: object = requests
+        if isinstance(given, str | bytes) or not isinstance(given, Sequence):  # pyright: ignore[reportUnnecessaryIsInstance]  # runtime guard
+            raise _fail("enqueue_many takes a sequence of EnqueueRequest")
+        items: list[list[Any]] = []
+        recipient: AgentId | None = None
+        for request in requests:
+            if not isinstance(request, EnqueueRequest):  # pyright: ignore[reportUnnecessaryIsInstance]  # runtime guard
+                raise _fail(f"expected an EnqueueRequest, not {type(request).__name__}")
+            if recipient is None:
+                recipient = request.message.recipient
+            elif request.message.recipient != recipient:
+                raise _fail(
+                    "enqueue_many takes requests for one queue: "
+                    f"{recipient} and {request.message.recipient} differ"
+                )
+            items.append(
+                self._prepare(
+                    request.message,
+                    request.delay,
+                    request.dedup_key,
+                    request.entry_id,
+                    request.max_attempts,
+                )
+            )
+        if recipient is None:
+            return []
+        return await self._enqueue(recipient, items)
+
+    # -- reserve ------------------------------------------------------------------------------
+
+    async def _reserve_now(
+        self, agent_id: AgentId, visibility_ms: int, count: int
+    ) -> tuple[list[Delivery], float | None]:
+        """One reserve script; the deliveries and the seconds until something is due."""
+        name = str(agent_id)
+        tokens = [secrets.token_hex(8) for _ in range(count)]
+        reply = cast(
+            "list[Any]", await self._run("reserve", name, visibility_ms, count, *tokens)
+        )
+        now, deadline, next_due = int(reply[0]), int(reply[1]), int(reply[2])
+        deliveries: list[Delivery] = []
+        visible_at = _ts(deadline)
+        prefix = f"{RECEIPT_PREFIX}{name}/"
+        for index in range(3, len(reply), 3):
+            entry_id = _text(reply[index])
+            meta = _json(reply[index + 2])
+            deliveries.append(
+                Delivery.model_construct(
+                    queue=agent_id,
+                    entry_id=entry_id,
+                    message=decode_message(reply[index + 1]),
+                    attempt=int(meta["a"]),
+                    max_attempts=int(meta["m"]),
+                    receipt=f"{prefix}{meta['t']}/{entry_id}",
+                    enqueued_at=_ts(meta["e"]),
+                    visible_at=visible_at,
+                    last_error=meta.get("l"),
+                )
+            )
+        due_in = None if next_due < 0 else max(0.0, (next_due - now) / 1000)
+        return deliveries, due_in
+
+    async def reserve(
+        self,
+        queue: AgentId,
+        *,
+        visibility_timeout: float,
+        max_messages: int = 1,
+        wait: float | None = None,
+    ) -> list[Delivery]:
+        """Reserve up to ``max_messages`` due entries, highest priority first.
+
+        Reclaims expired reservations first, promotes due delayed entries and dead-letters
+        entries past their ttl, in the same script. With ``wait`` (real seconds) it blocks on
+        the queue's wake list until an entry is due, never polling.
+
+        Raises:
+            ValidationError: A bad argument.
+        """
+        agent_id = _check_queue(queue)
+        visibility = _check_duration(visibility_timeout, "visibility_timeout", positive=True)
+        count = _check_int(max_messages, "max_messages", 1, _MAX_BATCH)
+        waiting = 0.0 if wait is None else _check_duration(wait, "wait", positive=False)
+        visibility_ms = _ms(visibility, positive=True)
+        give_up = time.monotonic() + waiting
+        wake_key = self._connection.keys.queue(str(agent_id), "wake")
+        while True:
+            got, due_in = await self._reserve_now(agent_id, visibility_ms, count)
+            if got or waiting == 0:
+                return got
+            remaining = give_up - time.monotonic()
+            if remaining <= 0:
+                return []
+            timeout = remaining if due_in is None else min(remaining, due_in + _DUE_SLACK)
+            await self._block(wake_key, max(timeout, _MIN_BLOCK))
+
+    async def _block(self, wake_key: str, timeout: float) -> None:
+        async def pop(client: Redis) -> object:
+            return await client.blpop([wake_key], timeout=timeout)  # type: ignore[arg-type]
+
+        await self._connection.call(pop, what="reserve (waiting)")
+
+    async def wake_all(self) -> None:
+        """Wake every consumer waiting on this namespace's queues (after a clock change)."""
+        keys = self._connection.keys
+        names = await self._connection.call(
+            lambda c: c.zrange(keys.queues, 0, -1), what="wake consumers"
+        )
+        if not names:
+            return
+
+        async def push(client: Redis) -> object:
+            async with client.pipeline(transaction=False) as pipe:
+                for raw in cast("list[bytes]", names):
+                    wake = keys.queue(_text(raw), "wake")
+                    pipe.lpush(wake, "1")
+                    pipe.ltrim(wake, 0, 0)
+                return await pipe.execute()
+
+        await self._connection.call(push, what="wake consumers")
+
+    # -- settling -----------------------------------------------------------------------------
+
+    async def ack(self, receipt: str) -> bool:
+        """Remove the entry for good (O(log n)).
+
+        Returns:
+            ``True`` if the receipt was current (or repeats an ack that succeeded),
+            ``False`` for a stale receipt.
+
+        Raises:
+            InvalidReceiptError: ``receipt`` is malformed.
+        """
+        (result,) = await self.ack_many([receipt])
+        return result
+
+    async def ack_many(self, receipts: Sequence[str]) -> list[bool]:
+        """Ack several receipts of one queue in one script; one bool per receipt.
+
+        Raises:
+            InvalidReceiptError: A receipt is malformed (nothing acked).
+            ValidationError: The receipts belong to different queues (nothing acked).
+        """
+        if isinstance(receipts, str) or not isinstance(receipts, Sequence):  # pyright: ignore[reportUnnecessaryIsInstance]  # runtime guard
+            raise _fail("ack_many takes a sequence of receipts")
+        parsed = [_parse_receipt(r) for r in receipts]
+        names = {p[0] for p in parsed}
+        if len(names) > 1:
+            raise _fail(f"ack_many takes receipts of one queue, not of {sorted(names)}")
+        if not parsed:
+            return []
+        args = [value for _, token, entry_id in parsed for value in (token, entry_id)]
+        reply = cast("list[Any]", await self._run("ack", parsed[0][0], len(parsed), *args))
+        return [int(v) == 1 for v in reply]
+
+    async def _settle(self, receipt: str, action: str, *args: Any) -> bool:
+        name, token, entry_id = _parse_receipt(receipt)
+        reply = await self._run("settle", name, action, token, entry_id, *args)
+        return int(reply) == 1
+
+    async def nack(self, receipt: str, *, delay: float = 0.0, error: str | None = None) -> bool:
+        """Make the entry due again after ``delay``; the next delivery counts an attempt.
+
+        A delivery at its ``max_attempts`` is dead-lettered instead (reason ``max_attempts``).
+
+        Raises:
+            InvalidReceiptError: ``receipt`` is malformed.
+            ValidationError: A bad ``delay`` or ``error``.
+        """
+        seconds = _check_duration(delay, "delay", positive=False)
+        text = _check_optional_text(error, "error")
+        _parse_receipt(receipt)
+        given = "0" if text is None else "1"
+        return await self._settle(receipt, "nack", _ms(seconds), text or "", given)
+
+    async def release(self, receipt: str) -> bool:
+        """Make the entry due at once; the next delivery has the same attempt number.
+
+        Raises:
+            InvalidReceiptError: ``receipt`` is malformed.
+        """
+        return await self._settle(receipt, "release")
+
+    async def extend(self, receipt: str, *, visibility_timeout: float) -> bool:
+        """Keep the entry reserved until ``visibility_timeout`` seconds from now.
+
+        Raises:
+            InvalidReceiptError: ``receipt`` is malformed.
+            ValidationError: A non-positive ``visibility_timeout``.
+        """
+        visibility = _check_duration(visibility_timeout, "visibility_timeout", positive=True)
+        _parse_receipt(receipt)
+        return await self._settle(receipt, "extend", _ms(visibility, positive=True))
+
+    async def dead_letter(self, receipt: str, *, reason: str, error: str | None = None) -> bool:
+        """Move the entry to the queue's dead letters with ``reason`` and ``error``.
+
+        Raises:
+            InvalidReceiptError: ``receipt`` is malformed.
+            ValidationError: An empty ``reason`` or a bad ``error``.
+        """
+        why = _check_text(reason, "reason", _MAX_DEDUP)
+        text = _check_optional_text(error, "error")
+        _parse_receipt(receipt)
+        given = "0" if text is None else "1"
+        return await self._settle(receipt, "dead_letter", why, text or "", given)
+
+    # -- dead letters -------------------------------------------------------------------------
+
+    @staticmethod
+    def _dead_letter(
+        queue: AgentId, entry_id: bytes, body: bytes, meta: bytes, info: bytes
+    ) -> DeadLetter:
+        entry = _json(meta)
+        record = _json(info)
+        return DeadLetter.model_construct(
+            queue=queue,
+            entry_id=_text(entry_id),
+            message=decode_message(body),
+            raw=None,
+            reason=record["r"],
+            error=record.get("l"),
+            attempts=int(record["n"]),
+            enqueued_at=_ts(entry["e"]),
+            dead_at=_ts(record["at"]),
+        )
+
+    async def dead_letters(
+        self, queue: AgentId, *, limit: int = 100, cursor: str | None = None
+    ) -> Page[DeadLetter]:
+        """List dead letters, oldest first, ``limit`` (1..1000) at a time.
+
+        Raises:
+            ValidationError: A bad ``limit`` or ``cursor``.
+        """
+        agent_id = _check_queue(queue)
+        size = _check_int(limit, "limit", 1, _MAX_BATCH)
+        after = "0"
+        if cursor is not None:
+            if not isinstance(cursor, str) or not cursor.isdigit() or len(cursor) > 20:  # pyright: ignore[reportUnnecessaryIsInstance]  # runtime guard
+                raise _fail(f"{cursor!r} is not a dead-letter cursor")
+            after = str(int(cursor))
+        reply = cast("list[Any]", await self._run("inspect", str(agent_id), "dead_list", after, size))
+        if int(reply[0]) == 0:
+            return Page[DeadLetter](items=[])
+        more = int(reply[1]) == 1
+        items: list[DeadLetter] = []
+        last = "0"
+        for index in range(2, len(reply), 5):
+            last = _text(reply[index])
+            items.append(self._dead_letter(agent_id, *reply[index + 1 : index + 5]))
+        return Page[DeadLetter](items=items, next_cursor=last if more else None)
+
+    async def dead_letter_count(self, queue: AgentId) -> int:
+        """The number of dead letters in the queue (after retention)."""
+        agent_id = _check_queue(queue)
+        reply = cast("list[Any]", await self._run("inspect", str(agent_id), "dead_count"))
+        return int(reply[1]) if int(reply[0]) else 0
+
+    async def get_dead_letter(self, queue: AgentId, entry_id: str) -> DeadLetter | None:
+        """One dead letter by its entry id, or ``None``."""
+        agent_id = _check_queue(queue)
+        wanted = _check_text(entry_id, "entry_id", _MAX_ID)
+        reply = cast("list[Any]", await self._run("inspect", str(agent_id), "dead_get", wanted))
+        if len(reply) < 5:
+            return None
+        return self._dead_letter(agent_id, *reply[1:5])
+
+    async def replay_dead_letters(
+        self, queue: AgentId, entry_ids: Sequence[str] | None = None
+    ) -> list[str]:
+        """Move dead letters back as due entries (same entry id, attempt 1, enqueued now).
+
+        ``entry_ids=None`` replays all; unknown ids are skipped. Not refused by the cap.
+
+        Returns:
+            The entry ids replayed, in order.
+        """
+        agent_id = _check_queue(queue)
+        wanted = _check_ids(entry_ids)
+        flag = "1" if wanted is None else "0"
+        reply = await self._run("manage", str(agent_id), "replay", flag, *(wanted or []))
+        return [_text(v) for v in cast("list[Any]", reply)]
+
+    async def purge_dead_letters(
+        self, queue: AgentId, entry_ids: Sequence[str] | None = None
+    ) -> int:
+        """Delete dead letters (all, or the given ids); returns how many were deleted."""
+        agent_id = _check_queue(queue)
+        wanted = _check_ids(entry_ids)
+        flag = "1" if wanted is None else "0"
+        return int(await self._run("manage", str(agent_id), "purge", flag, *(wanted or [])))
+
+    # -- introspection ------------------------------------------------------------------------
+
+    @staticmethod
+    def _stats(agent_id: AgentId, reply: list[Any]) -> QueueStats:
+        if int(reply[0]) == 0:
+            return QueueStats(queue=agent_id)
+        ready, delayed, reserved, dead = (int(v) for v in reply[1:5])
+        return QueueStats.model_construct(
+            queue=agent_id, ready=ready, delayed=delayed, reserved=reserved, dead=dead
+        )
+
+    async def stats(self, queue: AgentId) -> QueueStats:
+        """Ready, delayed, reserved and dead counts of one queue (zeros if it does not exist)."""
+        agent_id = _check_queue(queue)
+        return self._stats(agent_id, await self._run("inspect", str(agent_id), "stats"))
+
+    async def _drop_idle(self) -> None:
+        """Drop the namespace's queues whose idle ttl lapsed (from the idle index)."""
+        keys = self._connection.keys
+        due = await self._connection.run_script("idle_due", [keys.clock, keys.idle], [])
+        for raw in cast("list[bytes]", due):
+            await self._run("manage", _text(raw), "drop_idle")
+
+    async def stats_all(self, *, limit: int = 100, cursor: str | None = None) -> Page[QueueStats]:
+        """Stats of up to ``limit`` (1..1000) queues, ordered by ``str(queue)``.
+
+        One read of the index and one pipeline of ``limit`` stats scripts.
+
+        Raises:
+            ValidationError: A bad ``limit`` or ``cursor``.
+        """
+        size = _check_int(limit, "limit", 1, _MAX_BATCH)
+        if cursor is not None and (
+            not isinstance(cursor, str) or _QUEUE_NAME.fullmatch(cursor) is None  # pyright: ignore[reportUnnecessaryIsInstance]  # runtime guard
+        ):
+            raise _fail(f"{cursor!r} is not a stats cursor")
+        await self._drop_idle()
+        keys = self._connection.keys
+        low = "-" if cursor is None else f"({cursor}"
+        raw_names = await self._connection.call(
+            lambda c: c.zrangebylex(keys.queues, low, "+", start=0, num=size + 1),
+            what="stats all",
+        )
+        names = [_text(n) for n in cast("list[bytes]", raw_names)]
+        more = len(names) > size
+        names = names[:size]
+        if not names:
+            return Page[QueueStats](items=[])
+        connection = self._connection
+        script = connection.scripts.get("inspect")
+
+        async def batch(client: Redis) -> list[Any]:
+            async with client.pipeline(transaction=False) as pipe:
+                for name in names:
+                    keys_ = self._keys(name)
+                    pipe.evalsha(script.sha, len(keys_), *keys_, name, *self._common, "stats")
+                return cast("list[Any]", await pipe.execute(raise_on_error=False))
+
+        replies = await connection.call(batch, what="stats all")
+        if any(isinstance(r, Exception) for r in replies):  # NOSCRIPT: load it, then once more
+            await connection.run_script("inspect", self._keys(names[0]), [names[0], *self._common, "stats"])
+            replies = await connection.call(batch, what="stats all")
+        items = [
+            self._stats(AgentId.parse(name), cast("list[Any]", reply))
+            for name, reply in zip(names, replies, strict=True)
+            if not isinstance(reply, Exception)
+        ]
+        return Page[QueueStats](items=items, next_cursor=names[-1] if more else None)
+
+    async def queues(self) -> list[AgentId]:
+        """Every queue that exists (from its first enqueue until dropped), from the index."""
+        await self._drop_idle()
+        keys = self._connection.keys
+        names = await self._connection.call(lambda c: c.zrange(keys.queues, 0, -1), what="queues")
+        return sorted(AgentId.parse(_text(n)) for n in cast("list[bytes]", names))
+
+    async def drop_queue(self, queue: AgentId) -> int:
+        """Remove a queue, its entries, dead letters and index entry.
+
+        Returns:
+            The number of entries removed (live and dead).
+        """
+        agent_id = _check_queue(queue)
+        return int(await self._run("manage", str(agent_id), "drop"))
+
+    async def set_queue_ttl(self, queue: AgentId, ttl: float | None) -> None:
+        """Drop the queue once ``ttl`` seconds pass without an enqueue to it or a reserve on it.
+
+        Creates the queue if needed; ``None`` keeps it until ``drop_queue``.
+
+        Raises:
+            ValidationError: A bad queue or ttl.
+        """
+        agent_id = _check_queue(queue)
+        seconds = None if ttl is None else _check_duration(ttl, "ttl", positive=True)
+        ttl_ms = -1 if seconds is None else _ms(seconds, positive=True)
+        await self._run("manage", str(agent_id), "set_ttl", ttl_ms)
+
+    async def reclaim(self, queue: AgentId) -> int:
+        """Reclaim expired reservations now (due again, or dead-lettered at max_attempts).
+
+        Returns:
+            How many reservations were reclaimed.
+        """
+        agent_id = _check_queue(queue)
+        return int(await self._run("manage", str(agent_id), "reclaim"))
+
+    async def drop_all(self) -> None:
+        """Delete every queue of the namespace, from the queue index (``drop_namespace``)."""
+        keys = self._connection.keys
+        names = await self._connection.call(
+            lambda c: c.zrange(keys.queues, 0, -1), what="drop namespace"
+        )
+        if not names:
+            return
+
+        async def delete(client: Redis) -> object:
+            async with client.pipeline(transaction=False) as pipe:
+                for raw in cast("list[bytes]", names):
+                    pipe.delete(*keys.queue_keys(_text(raw)))
+                return await pipe.execute()
+
+        await self._connection.call(delete, what="drop namespace")

@@ -1,0 +1,312 @@
+-- Shared helpers of the queue scripts (inlined by --#include _queue).
+--
+-- KEYS: 1 clock, 2 queues (index), 3 idle (namespace-wide), then the queue's own keys:
+-- 4 info, 5 meta, 6 body, 7 ready, 8 delayed, 9 reserved, 10 expiry, 11 dead, 12 deadinfo,
+-- 13 settled, 14 acks, 15 dedup, 16 dedupx, 17 wake.
+-- ARGV: 1 queue name, 2 max_queue_length, 3 dedup_window ms, 4 dead_letter_max_age ms (-1:
+-- none), 5 dead_letter_max_length (-1: none), 6 entry_id_retention ms; the operation's own
+-- arguments follow from ARGV[7].
+--
+-- Times are integer milliseconds on the backend's clock. An entry's state lives in meta[id]
+-- as JSON: p priority, a attempt, m max_attempts, e enqueued at, q sequence, s state
+-- ('r' ready, 'd' delayed, 'v' reserved, 'x' dead), t receipt token, dl reservation deadline,
+-- x ttl deadline, ttl, k dedup key, l last error.
+--#include _time
+
+local K_CLOCK, K_QUEUES, K_IDLE = KEYS[1], KEYS[2], KEYS[3]
+local K_INFO, K_META, K_BODY = KEYS[4], KEYS[5], KEYS[6]
+local K_READY, K_DELAYED, K_RESERVED, K_EXPIRY = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local K_DEAD, K_DEADINFO, K_SETTLED, K_ACKS = KEYS[11], KEYS[12], KEYS[13], KEYS[14]
+local K_DEDUP, K_DEDUPX, K_WAKE = KEYS[15], KEYS[16], KEYS[17]
+
+local NAME = ARGV[1]
+local MAX_LEN = tonumber(ARGV[2])
+local DEDUP_WINDOW = tonumber(ARGV[3])
+local DL_MAX_AGE = tonumber(ARGV[4])
+local DL_MAX_LEN = tonumber(ARGV[5])
+local RETENTION = tonumber(ARGV[6])
+
+local QUEUE_KEYS = {K_INFO, K_META, K_BODY, K_READY, K_DELAYED, K_RESERVED, K_EXPIRY, K_DEAD,
+  K_DEADINFO, K_SETTLED, K_ACKS, K_DEDUP, K_DEDUPX, K_WAKE}
+
+-- 2^42 ms is the year 2109: priority bands of the ready score never overlap, and the score
+-- stays an exact integer in a double (below 2^53).
+local BAND = 4398046511104
+
+local function n2s(x)
+  return string.format('%.0f', x)
+end
+
+-- Run `cmd key ...items` in chunks (unpack has a stack limit).
+local function each_chunk(cmd, key, items)
+  for i = 1, #items, 1000 do
+    redis.call(cmd, key, unpack(items, i, math.min(i + 999, #items)))
+  end
+end
+
+local function get_meta(id)
+  local raw = redis.call('HGET', K_META, id)
+  if not raw then
+    return nil
+  end
+  return cjson.decode(raw)
+end
+
+local function put_meta(id, m)
+  redis.call('HSET', K_META, id, cjson.encode(m))
+end
+
+local function ready_member(id, m)
+  return string.format('%012x', m.q) .. id
+end
+
+local function exists()
+  return redis.call('ZSCORE', K_QUEUES, NAME) ~= false
+end
+
+local function live_count()
+  return redis.call('ZCARD', K_READY) + redis.call('ZCARD', K_DELAYED)
+    + redis.call('ZCARD', K_RESERVED)
+end
+
+local function wake()
+  redis.call('LPUSH', K_WAKE, '1')
+  redis.call('LTRIM', K_WAKE, 0, 0)
+end
+
+-- Drop every key of the queue and its index entries; returns the entries removed.
+local function drop_queue()
+  local n = redis.call('HLEN', K_META)
+  redis.call('DEL', unpack(QUEUE_KEYS))
+  redis.call('ZREM', K_QUEUES, NAME)
+  redis.call('ZREM', K_IDLE, NAME)
+  return n
+end
+
+-- A queue with an idle ttl that lapsed is dropped before anything else happens to it.
+local function drop_if_idle(now)
+  local until_ = tonumber(redis.call('HGET', K_INFO, 'idle_until') or '-1')
+  if until_ >= 0 and until_ <= now then
+    drop_queue()
+    return true
+  end
+  return false
+end
+
+local function touch(now)
+  local ttl = redis.call('HGET', K_INFO, 'idle_ttl')
+  if ttl then
+    local until_ = now + tonumber(ttl)
+    redis.call('HSET', K_INFO, 'idle_until', n2s(until_))
+    redis.call('ZADD', K_IDLE, n2s(until_), NAME)
+  end
+end
+
+local function create()
+  redis.call('ZADD', K_QUEUES, 'NX', 0, NAME)
+end
+
+local function settle(id, token, now)
+  redis.call('ZADD', K_SETTLED, n2s(now + RETENTION), id)
+  redis.call('HSET', K_ACKS, id, token)
+end
+
+local function release_dedup(id, m, now)
+  local key = m.k
+  if not key then
+    return
+  end
+  if redis.call('HGET', K_DEDUP, key) ~= id then
+    return
+  end
+  if DEDUP_WINDOW <= 0 then
+    redis.call('HDEL', K_DEDUP, key)
+  else
+    redis.call('ZADD', K_DEDUPX, n2s(now + DEDUP_WINDOW), key)
+  end
+end
+
+-- Take the entry out of whichever live structure holds it.
+local function unlink(id, m)
+  if m.s == 'r' then
+    redis.call('ZREM', K_READY, ready_member(id, m))
+  elseif m.s == 'd' then
+    redis.call('ZREM', K_DELAYED, id)
+  elseif m.s == 'v' then
+    redis.call('ZREM', K_RESERVED, id)
+  end
+  if m.x then
+    redis.call('ZREM', K_EXPIRY, id)
+  end
+end
+
+local function forget(id)
+  redis.call('HDEL', K_META, id)
+  redis.call('HDEL', K_BODY, id)
+end
+
+local function drop_dead(id, now)
+  redis.call('ZREM', K_DEAD, id)
+  redis.call('HDEL', K_DEADINFO, id)
+  forget(id)
+  settle(id, '', now)
+end
+
+local function trim_dead(now)
+  if DL_MAX_LEN >= 0 then
+    local extra = redis.call('ZCARD', K_DEAD) - DL_MAX_LEN
+    if extra > 0 then
+      local ids = redis.call('ZRANGE', K_DEAD, 0, extra - 1)
+      for _, id in ipairs(ids) do
+        drop_dead(id, now)
+      end
+    end
+  end
+  if DL_MAX_AGE >= 0 then
+    while true do
+      local first = redis.call('ZRANGE', K_DEAD, 0, 0)
+      if #first == 0 then
+        break
+      end
+      local info = cjson.decode(redis.call('HGET', K_DEADINFO, first[1]))
+      if info.at + DL_MAX_AGE > now then
+        break
+      end
+      drop_dead(first[1], now)
+    end
+  end
+end
+
+local function to_dead(id, m, reason, err, attempts, now)
+  unlink(id, m)
+  if err then
+    m.l = err
+  end
+  m.s = 'x'
+  m.t = nil
+  m.dl = nil
+  put_meta(id, m)
+  local dseq = redis.call('HINCRBY', K_INFO, 'dseq', 1)
+  redis.call('ZADD', K_DEAD, dseq, id)
+  redis.call('HSET', K_DEADINFO, id,
+    cjson.encode({r = reason, l = m.l, n = attempts, at = now}))
+  release_dedup(id, m, now)
+  trim_dead(now)
+end
+
+-- Make an unlinked entry ready at `due` or delayed until it.
+local function push_due(id, m, due, now)
+  m.t = nil
+  m.dl = nil
+  if due > now then
+    m.s = 'd'
+    redis.call('ZADD', K_DELAYED, n2s(due), id)
+  else
+    m.s = 'r'
+    redis.call('ZADD', K_READY, n2s((9 - m.p) * BAND + due), ready_member(id, m))
+  end
+  put_meta(id, m)
+end
+
+-- Hand a reserved entry back, due at `due`; an entry past its ttl dies instead.
+local function give_back(id, m, due, now)
+  redis.call('ZREM', K_RESERVED, id)
+  if m.x then
+    if m.x <= now then
+      m.s = 'r'  -- not reserved any more
+      m.t = nil
+      to_dead(id, m, 'expired', nil, m.a - 1, now)
+      return
+    end
+    redis.call('ZADD', K_EXPIRY, n2s(m.x), id)
+  end
+  push_due(id, m, due, now)
+end
+
+-- Add a fresh (or replayed) entry: enqueued now, due after `delay`.
+local function admit(id, m, now, delay)
+  m.q = redis.call('HINCRBY', K_INFO, 'seq', 1)
+  m.e = now
+  if m.ttl then
+    m.x = now + m.ttl
+    redis.call('ZADD', K_EXPIRY, n2s(m.x), id)
+  else
+    m.x = nil
+  end
+  push_due(id, m, now + delay, now)
+end
+
+local function exhaust(id, m, now)
+  to_dead(id, m, 'max_attempts', nil, m.a, now)
+end
+
+-- Reclaim expired reservations, promote due delayed entries, expire ttl'd ones.
+-- Returns how many reservations were reclaimed.
+local function maintain(now)
+  local reclaimed = 0
+  local expired = redis.call('ZRANGE', K_RESERVED, '-inf', n2s(now), 'BYSCORE', 'WITHSCORES')
+  for i = 1, #expired, 2 do
+    local id, deadline = expired[i], tonumber(expired[i + 1])
+    local m = get_meta(id)
+    reclaimed = reclaimed + 1
+    if m.a >= m.m then
+      exhaust(id, m, now)
+    else
+      m.a = m.a + 1
+      give_back(id, m, deadline, now)
+    end
+  end
+  local due = redis.call('ZRANGE', K_DELAYED, '-inf', n2s(now), 'BYSCORE', 'WITHSCORES')
+  for i = 1, #due, 2 do
+    local id, at = due[i], tonumber(due[i + 1])
+    local m = get_meta(id)
+    redis.call('ZREM', K_DELAYED, id)
+    m.s = 'r'
+    redis.call('ZADD', K_READY, n2s((9 - m.p) * BAND + at), ready_member(id, m))
+    put_meta(id, m)
+  end
+  local dying = redis.call('ZRANGE', K_EXPIRY, '-inf', n2s(now), 'BYSCORE')
+  for _, id in ipairs(dying) do
+    local m = get_meta(id)
+    to_dead(id, m, 'expired', nil, m.a - 1, now)
+  end
+  return reclaimed
+end
+
+-- Forget settled entry ids past their retention and dedup keys past their window.
+local function prune(now)
+  local old = redis.call('ZRANGE', K_SETTLED, '-inf', n2s(now), 'BYSCORE')
+  each_chunk('ZREM', K_SETTLED, old)
+  each_chunk('HDEL', K_ACKS, old)
+  local free = redis.call('ZRANGE', K_DEDUPX, '-inf', n2s(now), 'BYSCORE')
+  each_chunk('ZREM', K_DEDUPX, free)
+  each_chunk('HDEL', K_DEDUP, free)
+end
+
+-- The earliest time something becomes due (a delayed entry, a reservation deadline), or -1.
+local function next_due()
+  local best = -1
+  for _, key in ipairs({K_DELAYED, K_RESERVED}) do
+    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    if #first > 0 then
+      local at = tonumber(first[2])
+      if best < 0 or at < best then
+        best = at
+      end
+    end
+  end
+  return best
+end
+
+-- The current reservation for (token, id), or nil. An expired one is reclaimed on the spot.
+local function current(token, id, now)
+  local m = get_meta(id)
+  if not m or m.s ~= 'v' or m.t ~= token then
+    return nil
+  end
+  if m.dl <= now then
+    maintain(now)
+    return nil
+  end
+  return m
+end
