@@ -19,3 +19,10 @@ def reachable(url: str) -> str | None:
             return None
     except OSError as exc:
         return f"no redis-server at {host}:{port} ({exc}); start one or set TTA_REDIS_URL"
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

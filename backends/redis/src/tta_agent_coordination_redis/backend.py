@@ -25,7 +25,9 @@ one small internal object, :class:`Connection`, which is the driver's whole inte
 A store module ``registry.py`` (``RedisRegistryStore``) or ``breakers.py``
 (``RedisBreakerStore``) is wired in when it exists: its class is built as
 ``Store(connection, options)`` and may define ``async def drop(self) -> None``, which
-``drop_namespace`` awaits to delete the store's keys from the store's own indexes.
+``drop_namespace`` awaits to delete the store's keys from the store's own indexes, and
+``async def wake_all(self) -> None``, which ``clock.advance`` awaits so that the store's
+waiting readers re-check their due times.
 """
 
 from __future__ import annotations
@@ -123,6 +125,10 @@ class _Dropper(Protocol):
     async def drop(self) -> None: ...
 
 
+class _Waker(Protocol):
+    async def wake_all(self) -> None: ...
+
+
 class RedisClock:
     """The ``clock_control`` capability: an offset added to the server's clock.
 
@@ -131,9 +137,9 @@ class RedisClock:
     so they re-check their due entries.
     """
 
-    def __init__(self, connection: Connection, queue: RedisQueueStore) -> None:
+    def __init__(self, connection: Connection, wakers: Sequence[object]) -> None:
         self._connection = connection
-        self._queue = queue
+        self._wakers = wakers
 
     async def now(self) -> float:
         """The backend's clock, in seconds since the epoch."""
@@ -146,7 +152,9 @@ class RedisClock:
             raise ValidationError(msg)
         keys = self._connection.keys
         await self._connection.run_script("advance", [keys.clock], [round(seconds * 1000)])
-        await self._queue.wake_all()
+        for store in self._wakers:
+            if hasattr(store, "wake_all"):
+                await cast("_Waker", store).wake_all()
 
 
 def _masked(parts: SplitResult) -> str:
@@ -188,9 +196,10 @@ class RedisBackend:
         self._url = _masked(urlsplit(url)) if url is not None else "redis://(client)"
         self._capabilities = frozenset({"clock_control", *(["tls"] if tls else [])})
         self._queue = RedisQueueStore(self._connection, self._options)
-        self._clock = RedisClock(self._connection, self._queue)
         self._registry: RegistryStore | None = self._optional("registry", "RedisRegistryStore")
         self._breakers: BreakerStore | None = self._optional("breakers", "RedisBreakerStore")
+        wakers = [s for s in (self._queue, self._registry, self._breakers) if s is not None]
+        self._clock = RedisClock(self._connection, wakers)
         self._closed = False
 
     def _optional(self, module: str, name: str) -> Any:

@@ -340,13 +340,17 @@ class RedisQueueStore:
             if remaining <= 0:
                 return []
             timeout = remaining if due_in is None else min(remaining, due_in + _DUE_SLACK)
-            await self._block(wake_key, max(timeout, _MIN_BLOCK))
+            woken = await self._block(wake_key, max(timeout, _MIN_BLOCK))
+            if not woken and time.monotonic() >= give_up:
+                return []  # the wait is over and nothing woke us: nothing to look at
 
-    async def _block(self, wake_key: str, timeout: float) -> None:
+    async def _block(self, wake_key: str, timeout: float) -> bool:
+        """Block on the queue's wake list; ``True`` if woken, ``False`` at the timeout."""
+
         async def pop(client: Redis) -> object:
             return await client.blpop([wake_key], timeout=timeout)  # type: ignore[arg-type]
 
-        await self._connection.call(pop, what="reserve (waiting)")
+        return await self._connection.call(pop, what="reserve (waiting)") is not None
 
     async def wake_all(self) -> None:
         """Wake every consumer waiting on this namespace's queues (after a clock change)."""

@@ -29,8 +29,10 @@ for i, member in ipairs(members) do
   out[#out + 1] = redis.call('HGET', K_BODY, id)
   out[#out + 1] = raw
 end
-if #members > 0 and redis.call('ZCARD', K_READY) > 0 then
+if redis.call('ZCARD', K_READY) > 0 then
   wake()  -- more is ready: pass the wake-up on to the next waiting consumer
+else
+  redis.call('DEL', K_WAKE)  -- nothing ready: a left-over wake-up would only wake a waiter idly
 end
 out[3] = n2s(next_due())
 return out

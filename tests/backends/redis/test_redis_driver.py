@@ -1,0 +1,354 @@
+"""What the contract cannot see: round trips, idle waiting, key layout, NOSCRIPT, eviction.
+
+Tests that change server state (``SCRIPT FLUSH``, ``CONFIG SET``, ``CONFIG RESETSTAT``) run on
+a private redis-server started on a free loopback port and stopped by its pid; the shared
+server's configuration is never touched.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+import redis as sync_redis
+from redis.asyncio.connection import AbstractConnection
+from redis.crc import key_slot
+from redis_helpers import REDIS_URL, free_port
+from tta_agent_coordination import connect
+from tta_agent_coordination.errors import BackendConfigWarning, BackendUnavailableError
+from tta_agent_coordination.models import AgentId, AgentMessage, EnqueueRequest
+from tta_agent_coordination_redis import LAYOUT_VERSION, RedisBackend
+from tta_agent_coordination_redis.plugin import tta_backend_from_client, tta_backend_schemes
+
+pytestmark = pytest.mark.anyio
+
+QUEUE = AgentId("rt", "q1")
+SENDER = AgentId("rt", "sender")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def message(priority: int = 5, ttl: float | None = None) -> AgentMessage:
+    return AgentMessage(sender=SENDER, recipient=QUEUE, priority=priority, ttl=ttl)
+
+
+@asynccontextmanager
+async def fresh(url: str = REDIS_URL, **options: Any) -> AsyncIterator[RedisBackend]:
+    namespace = f"t{uuid.uuid4().hex[:16]}"
+    async with connect(url, namespace=namespace, **options) as backend:
+        assert isinstance(backend, RedisBackend)
+        try:
+            yield backend
+        finally:
+            await backend.drop_namespace()
+
+
+class RoundTrips:
+    """Counts what the client writes to its sockets (one packed write is one round trip)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        original = AbstractConnection.send_packed_command
+
+        async def counting(conn: AbstractConnection, command: Any, check_health: bool = True) -> None:
+            self.count += 1
+            await original(conn, command, check_health)
+
+        monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+
+    async def measure(self, call: Callable[[], Awaitable[Any]]) -> tuple[int, Any]:
+        before = self.count
+        result = await call()
+        return self.count - before, result
+
+
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> RoundTrips:
+    return RoundTrips(monkeypatch)
+
+
+# -- a private server ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def private_server() -> Iterator[str]:
+    """A redis-server of our own on a free port, for tests that change server state."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed: cannot start a private server")
+    port = free_port()
+    proc = subprocess.Popen(  # noqa: S603  # our own binary, fixed arguments
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = sync_redis.Redis(port=port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except sync_redis.ConnectionError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail(f"the private redis-server on port {port} did not start")
+                time.sleep(0.05)
+        client.close()
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def admin(url: str) -> sync_redis.Redis:
+    return sync_redis.Redis.from_url(url)
+
+
+# -- one round trip each ------------------------------------------------------------------
+
+
+async def test_every_operation_is_one_round_trip(round_trips: RoundTrips) -> None:
+    async with fresh() as backend:
+        store = backend.queue
+
+        async def cycle() -> dict[str, int]:
+            counts: dict[str, int] = {}
+            counts["enqueue"], _ = await round_trips.measure(lambda: store.enqueue(message()))
+            batch = [EnqueueRequest(message=message()) for _ in range(100)]
+            counts["enqueue_many"], ids = await round_trips.measure(
+                lambda: store.enqueue_many(batch)
+            )
+            assert len(ids) == 100
+            counts["reserve"], got = await round_trips.measure(
+                lambda: store.reserve(QUEUE, visibility_timeout=10, max_messages=5)
+            )
+            assert len(got) == 5
+            counts["ack"], ok = await round_trips.measure(lambda: store.ack(got[0].receipt))
+            assert ok
+            counts["nack"], ok = await round_trips.measure(lambda: store.nack(got[1].receipt))
+            assert ok
+            counts["release"], ok = await round_trips.measure(lambda: store.release(got[2].receipt))
+            assert ok
+            counts["extend"], ok = await round_trips.measure(
+                lambda: store.extend(got[3].receipt, visibility_timeout=10)
+            )
+            assert ok
+            counts["dead_letter"], ok = await round_trips.measure(
+                lambda: store.dead_letter(got[4].receipt, reason="x")
+            )
+            assert ok
+            more = await store.reserve(QUEUE, visibility_timeout=10, max_messages=50)
+            counts["ack_many"], oks = await round_trips.measure(
+                lambda: store.ack_many([d.receipt for d in more])
+            )
+            assert oks == [True] * 50
+            counts["stats"], _ = await round_trips.measure(lambda: store.stats(QUEUE))
+            counts["reclaim"], _ = await round_trips.measure(lambda: store.reclaim(QUEUE))
+            await store.purge_dead_letters(QUEUE)
+            return counts
+
+        await cycle()  # the first use connects, checks the server and loads the scripts
+        counts = await cycle()
+        assert counts == dict.fromkeys(counts, 1), counts
+
+
+async def test_round_trips_do_not_grow_with_the_queue(round_trips: RoundTrips) -> None:
+    async with fresh() as backend:
+        store = backend.queue
+        await store.enqueue_many([EnqueueRequest(message=message()) for _ in range(1000)])
+        got = await store.reserve(QUEUE, visibility_timeout=10, max_messages=3)
+        trips, ok = await round_trips.measure(lambda: store.ack(got[0].receipt))
+        assert (trips, ok) == (1, True)
+
+
+# -- an idle waiting consumer -------------------------------------------------------------
+
+
+def _commands(client: sync_redis.Redis) -> dict[str, int]:
+    """Calls per command since the last ``CONFIG RESETSTAT`` (scripts' inner calls too)."""
+    stats: dict[str, Any] = client.info("commandstats")  # pyright: ignore[reportAssignmentType]
+    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+
+
+async def test_an_idle_waiting_consumer_sends_next_to_nothing(
+    private_server: str, round_trips: RoundTrips
+) -> None:
+    server = admin(private_server)
+    async with fresh(private_server) as backend:
+        store = backend.queue
+        await store.enqueue(message(), delay=1000)  # the queue exists, nothing due for a while
+        await store.reserve(QUEUE, visibility_timeout=10)  # warm: connect, check, load
+        server.config_resetstat()
+        start = time.monotonic()
+        trips, got = await round_trips.measure(
+            lambda: store.reserve(QUEUE, visibility_timeout=10, wait=3)
+        )
+        assert got == []
+        assert time.monotonic() - start >= 2.9
+        calls = _commands(server)
+    server.close()
+    # one reserve script, then one BLPOP blocked for the whole wait: nothing else was sent
+    assert trips == 2, trips
+    assert (calls.get("evalsha", 0), calls.get("blpop", 0)) == (1, 1), calls
+
+
+async def test_a_waiting_consumer_wakes_at_the_earliest_due_time() -> None:
+    async with fresh() as backend:
+        store = backend.queue
+        entry_id = await store.enqueue(message(), delay=0.3)
+        with anyio.fail_after(5):
+            start = time.monotonic()
+            got = await store.reserve(QUEUE, visibility_timeout=10, wait=10)
+        assert [d.entry_id for d in got] == [entry_id]
+        assert time.monotonic() - start < 2
+
+
+async def test_many_waiting_consumers_all_get_work() -> None:
+    async with fresh() as backend:
+        store = backend.queue
+        got: list[str] = []
+
+        async def consumer() -> None:
+            deliveries = await store.reserve(QUEUE, visibility_timeout=10, wait=10)
+            got.extend(d.entry_id for d in deliveries)
+
+        with anyio.fail_after(8):
+            async with anyio.create_task_group() as tg:
+                for _ in range(4):
+                    tg.start_soon(consumer)
+                await anyio.sleep(0.2)
+                ids = await store.enqueue_many([EnqueueRequest(message=message())] * 4)
+        assert sorted(got) == sorted(ids)
+
+
+# -- key layout ---------------------------------------------------------------------------
+
+
+async def test_keys_start_with_the_namespace_and_carry_the_layout_version() -> None:
+    async with fresh(dedup_window=100) as backend:
+        namespace = backend.options.namespace
+        store = backend.queue
+        other = AgentId("rt")
+        await store.enqueue(message(ttl=100), dedup_key="d")
+        await store.enqueue(message(), delay=100)
+        await store.enqueue(message(), entry_id="fixed")
+        got = await store.reserve(QUEUE, visibility_timeout=10, max_messages=2)
+        assert await store.ack(got[0].receipt)
+        assert await store.dead_letter(got[1].receipt, reason="x")
+        await store.set_queue_ttl(other, 100)
+        await backend.clock.advance(1)
+        client = admin(REDIS_URL)
+        found = [k.decode() for k in client.scan_iter(match=f"*{namespace}*", count=1000)]
+        assert len(found) >= 10, found
+        prefix = f"{namespace}:{LAYOUT_VERSION}:"
+        queue_tag = f"{{{namespace}/{QUEUE}}}"
+        for key in found:
+            assert key.startswith(prefix), key
+            rest = key[len(prefix) :]
+            assert rest.startswith("{"), key
+            tag = rest[: rest.index("}") + 1]
+            assert tag in {f"{{{namespace}}}", queue_tag, f"{{{namespace}/{other}}}"}, key
+            # never the original code's keys: {pfx}:queue:, :sched:, :reserved:, :dlq:, ...
+            assert key.split(":")[1] == LAYOUT_VERSION
+        slots = {key_slot(k.encode()) for k in found if queue_tag in k}
+        assert len(slots) == 1  # one queue, one cluster slot
+        await backend.drop_namespace()
+        assert list(client.scan_iter(match=f"*{namespace}*", count=1000)) == []
+        client.close()
+
+
+async def test_a_message_body_is_stored_once_by_id() -> None:
+    async with fresh() as backend:
+        entry_id = await backend.queue.enqueue(message())
+        client = admin(REDIS_URL)
+        keys = backend.connection.keys
+        assert client.hexists(keys.queue(str(QUEUE), "body"), entry_id)
+        ready = client.zrange(keys.queue(str(QUEUE), "ready"), 0, -1)
+        assert all(len(member) < 200 for member in ready)  # ids, not bodies
+        client.close()
+
+
+# -- scripts, errors, configuration --------------------------------------------------------
+
+
+async def test_noscript_after_a_flush_reloads_the_script(private_server: str) -> None:
+    server = admin(private_server)
+    async with fresh(private_server) as backend:
+        store = backend.queue
+        await store.enqueue(message())
+        server.script_flush()
+        delivery = (await store.reserve(QUEUE, visibility_timeout=10))[0]
+        server.script_flush()
+        assert await store.ack(delivery.receipt)
+        server.script_flush()
+        assert (await store.stats(QUEUE)).live == 0
+        server.script_flush()
+        assert (await store.stats_all()).items[0].queue == QUEUE
+    server.close()
+
+
+async def test_maxmemory_policy_that_evicts_warns(private_server: str) -> None:
+    server = admin(private_server)
+    server.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        with pytest.warns(BackendConfigWarning, match="allkeys-lru"):
+            async with fresh(private_server) as backend:
+                await backend.queue.stats(QUEUE)
+    finally:
+        server.config_set("maxmemory-policy", "noeviction")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        async with fresh(private_server) as backend:
+            await backend.queue.stats(QUEUE)
+    server.close()
+
+
+async def test_an_unreachable_server_raises_backend_unavailable() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0?socket_connect_timeout=0.5"
+    async with connect(url, namespace="unreachable") as backend:
+        with pytest.raises(BackendUnavailableError) as info:
+            await backend.queue.enqueue(message())
+        assert isinstance(info.value, ConnectionError)
+
+
+# -- the plugin ---------------------------------------------------------------------------
+
+
+def test_schemes_are_lazy_references() -> None:
+    schemes = tta_backend_schemes()
+    assert set(schemes) == {"redis", "rediss", "redis+cluster"}
+    assert all(ref.startswith("tta_agent_coordination_redis.backend:") for ref in schemes.values())
+
+
+async def test_from_client_wraps_a_redis_client_only() -> None:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(REDIS_URL)
+    backend = tta_backend_from_client(client, "tfromclient")
+    assert isinstance(backend, RedisBackend)
+    assert backend.options.namespace == "tfromclient"
+    assert tta_backend_from_client(object(), "x") is None
+    await backend.aclose()
+    await client.aclose()
+
+
+def test_url_masks_the_password_and_rejects_unknown_options() -> None:
+    from tta_agent_coordination.errors import ValidationError
+
+    backend = connect("redis://user:secret@127.0.0.1:6379/0?namespace=app")
+    assert "secret" not in backend.url
+    assert backend.url.startswith("redis://user:***@127.0.0.1:6379/0")
+    assert "tls" in connect("rediss://127.0.0.1:6380/0").capabilities
+    with pytest.raises(ValidationError):
+        connect("redis://127.0.0.1:6379/0?bogus=1")
