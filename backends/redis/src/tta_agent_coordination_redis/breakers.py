@@ -57,11 +57,6 @@ def _us(seconds: float) -> int:
 
 
 def _config_args(config: CircuitBreakerConfig) -> list[int | str]:
-    if not isinstance(config, CircuitBreakerConfig):  # pyright: ignore[reportUnnecessaryIsInstance]  # runtime guard
-        from tta_agent_coordination.errors import ValidationError  # noqa: PLC0415
-
-        msg = f"config must be a CircuitBreakerConfig, not {type(config).__name__}"
-        raise ValidationError(msg)
     return [
         config.failure_threshold,
         "" if config.window is None else _us(config.window),

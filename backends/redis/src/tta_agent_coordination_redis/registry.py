@@ -49,6 +49,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from pydantic import JsonValue
+
 from tta_agent_coordination.errors import (
     AgentConflictError,
     AgentNotFoundError,
@@ -67,6 +68,7 @@ from tta_agent_coordination.models import (
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
     from tta_agent_coordination.settings import BackendOptions
 
     from .backend import Connection
@@ -168,9 +170,7 @@ def _info(agent_id: AgentId | bytes, fields: Sequence[bytes]) -> AgentInfo:
 def _infos(flat: Sequence[bytes]) -> builtins.list[AgentInfo]:
     """The agents of a flat script answer: an id, then its snapshot fields, for each."""
     stride = _SNAPSHOT_FIELDS + 1
-    return [
-        _info(flat[n], flat[n + 1 : n + stride]) for n in range(0, len(flat), stride)
-    ]
+    return [_info(flat[n], flat[n + 1 : n + stride]) for n in range(0, len(flat), stride)]
 
 
 def _event(entry: Sequence[Any]) -> RegistryEvent:
@@ -359,7 +359,9 @@ class RedisRegistryStore:
         matches.sort(key=lambda info: (info.load, info.agent_id))
         return matches if limit is None else matches[:limit]
 
-    async def _read(self, after: str, limit: int) -> tuple[int, float | None, list[RegistryEvent]]:
+    async def _read(
+        self, after: str, limit: int
+    ) -> tuple[int, float | None, builtins.list[RegistryEvent]]:
         """One read script: (position read after, seconds to the next expiry, events)."""
         reply = await self._run("read_events", after, limit)
         status = reply[0]
