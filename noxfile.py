@@ -5,7 +5,10 @@ Sessions use the uv backend and share one wheel build of the core per nox run.
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import nox
@@ -22,6 +25,30 @@ EXAMPLE = ROOT / "docs" / "examples" / "acme-backend"
 # The rebuilt wheel keeps its version: make uv replace what a reused venv holds.
 REINSTALL = ["--reinstall-package", "tta-agent-coordination"]
 PYTHON = ["3.11"]
+
+
+def _coverage_python() -> str:
+    """The interpreter for the measured test run: the newest CPython >= 3.12 on this machine.
+
+    CPython 3.11's tracing loses lines after a coroutine is cancelled (a resumed-by-throw frame
+    emits no "call" event, so coverage.py's line tracer desynchronises), which would make the
+    100% line-coverage gate fail on code that did run. 3.12+ traces through sys.monitoring.
+    Set TTA_TEST_PYTHON to choose; without a 3.12+ the run falls back to 3.11 and says so.
+    """
+    chosen = os.environ.get("TTA_TEST_PYTHON")
+    if chosen:
+        return chosen
+    pyenv_root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    candidates = [shutil.which(f"python3.{minor}") for minor in (14, 13, 12)]
+    candidates += sorted(glob.glob(f"{pyenv_root}/versions/3.1[2-9]*/bin/python3"), reverse=True)
+    for candidate in candidates:
+        probe = [candidate, "-c", ""] if candidate else None
+        if probe and subprocess.run(probe, check=False, capture_output=True).returncode == 0:
+            return candidate
+    return "3.11"
+
+
+TEST_PYTHON = _coverage_python()
 
 
 def _group(name: str) -> list[str]:
@@ -48,9 +75,11 @@ def demo(session: nox.Session) -> None:
     session.run("python", "-m", "tta_agent_coordination.demo", *session.posargs)
 
 
-@nox.session(python=PYTHON)
+@nox.session(python=TEST_PYTHON)
 def tests(session: nox.Session) -> None:
     """The test suite on the installed wheel, with the core's line coverage held at 100%."""
+    if TEST_PYTHON == "3.11":
+        session.warn("no Python >= 3.12 found: coverage on 3.11 undercounts (see noxfile)")
     session.install(*REINSTALL, _core_wheel(session), *_group("test"))
     env = {
         "HYPOTHESIS_PROFILE": os.environ.get(
