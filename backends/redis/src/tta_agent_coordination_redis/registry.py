@@ -420,6 +420,15 @@ class RedisRegistryStore:
         """Detect expired agents and emit their ``expired`` events (exactly once); count."""
         return int(await self._run("sweep"))
 
+    async def wake_all(self) -> None:
+        """After a clock advance: detect the expiries it caused (their events wake readers).
+
+        ``RedisClock.advance`` awaits this, as the memory driver sweeps on every advance, so a
+        reader blocked in ``read_events(wait=...)`` on any client sees the ``expired`` events
+        the moved clock implies without waiting for its own timer (set on the old clock).
+        """
+        await self.sweep()
+
     async def drop(self) -> None:
         """Delete every registry key of the namespace, found from the registry's indexes."""
         await self._run("drop")
