@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from redis_helpers import REDIS_URL, reachable
 
 

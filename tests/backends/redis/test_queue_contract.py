@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from tta_agent_coordination.testing.queue_contract import QueueContract
-
 from redis_helpers import REDIS_URL
+from tta_agent_coordination.testing.queue_contract import QueueContract
 
 
 class TestRedisQueue(QueueContract):

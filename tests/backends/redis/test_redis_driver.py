@@ -12,18 +12,24 @@ import subprocess
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
 import redis as sync_redis
+from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
+
 from redis_helpers import REDIS_URL, free_port
 from tta_agent_coordination import connect
-from tta_agent_coordination.errors import BackendConfigWarning, BackendUnavailableError
+from tta_agent_coordination.errors import (
+    BackendConfigWarning,
+    BackendUnavailableError,
+    ValidationError,
+)
 from tta_agent_coordination.models import AgentId, AgentMessage, EnqueueRequest
 from tta_agent_coordination_redis import LAYOUT_VERSION, RedisBackend
 from tta_agent_coordination_redis.plugin import tta_backend_from_client, tta_backend_schemes
@@ -44,7 +50,7 @@ def message(priority: int = 5, ttl: float | None = None) -> AgentMessage:
 
 
 @asynccontextmanager
-async def fresh(url: str = REDIS_URL, **options: Any) -> AsyncIterator[RedisBackend]:
+async def fresh(url: str = REDIS_URL, **options: Any) -> AsyncGenerator[RedisBackend]:
     namespace = f"t{uuid.uuid4().hex[:16]}"
     async with connect(url, namespace=namespace, **options) as backend:
         assert isinstance(backend, RedisBackend)
@@ -61,7 +67,9 @@ class RoundTrips:
         self.count = 0
         original = AbstractConnection.send_packed_command
 
-        async def counting(conn: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        async def counting(
+            conn: AbstractConnection, command: Any, check_health: bool = True
+        ) -> None:
             self.count += 1
             await original(conn, command, check_health)
 
@@ -88,7 +96,7 @@ def private_server() -> Iterator[str]:
     if binary is None:
         pytest.skip("redis-server is not installed: cannot start a private server")
     port = free_port()
-    proc = subprocess.Popen(  # noqa: S603  # our own binary, fixed arguments
+    proc = subprocess.Popen(  # our own binary, fixed arguments
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -113,6 +121,12 @@ def private_server() -> Iterator[str]:
 
 def admin(url: str) -> sync_redis.Redis:
     return sync_redis.Redis.from_url(url)
+
+
+def scan(client: sync_redis.Redis, namespace: str) -> list[str]:
+    """Keys that mention ``namespace`` (a keyspace scan: in tests only, never in the driver)."""
+    keys = cast("Iterator[bytes]", client.scan_iter(match=f"*{namespace}*", count=1000))
+    return [k.decode() for k in keys]
 
 
 # -- one round trip each ------------------------------------------------------------------
@@ -218,6 +232,7 @@ async def test_many_waiting_consumers_all_get_work() -> None:
     async with fresh() as backend:
         store = backend.queue
         got: list[str] = []
+        ids: list[str] = []
 
         async def consumer() -> None:
             deliveries = await store.reserve(QUEUE, visibility_timeout=10, wait=10)
@@ -228,7 +243,7 @@ async def test_many_waiting_consumers_all_get_work() -> None:
                 for _ in range(4):
                     tg.start_soon(consumer)
                 await anyio.sleep(0.2)
-                ids = await store.enqueue_many([EnqueueRequest(message=message())] * 4)
+                ids.extend(await store.enqueue_many([EnqueueRequest(message=message())] * 4))
         assert sorted(got) == sorted(ids)
 
 
@@ -249,7 +264,7 @@ async def test_keys_start_with_the_namespace_and_carry_the_layout_version() -> N
         await store.set_queue_ttl(other, 100)
         await backend.clock.advance(1)
         client = admin(REDIS_URL)
-        found = [k.decode() for k in client.scan_iter(match=f"*{namespace}*", count=1000)]
+        found = scan(client, namespace)
         assert len(found) >= 10, found
         prefix = f"{namespace}:{LAYOUT_VERSION}:"
         queue_tag = f"{{{namespace}/{QUEUE}}}"
@@ -264,7 +279,7 @@ async def test_keys_start_with_the_namespace_and_carry_the_layout_version() -> N
         slots = {key_slot(k.encode()) for k in found if queue_tag in k}
         assert len(slots) == 1  # one queue, one cluster slot
         await backend.drop_namespace()
-        assert list(client.scan_iter(match=f"*{namespace}*", count=1000)) == []
+        assert scan(client, namespace) == []
         client.close()
 
 
@@ -332,8 +347,6 @@ def test_schemes_are_lazy_references() -> None:
 
 
 async def test_from_client_wraps_a_redis_client_only() -> None:
-    from redis.asyncio import Redis
-
     client = Redis.from_url(REDIS_URL)
     backend = tta_backend_from_client(client, "tfromclient")
     assert isinstance(backend, RedisBackend)
@@ -344,8 +357,6 @@ async def test_from_client_wraps_a_redis_client_only() -> None:
 
 
 def test_url_masks_the_password_and_rejects_unknown_options() -> None:
-    from tta_agent_coordination.errors import ValidationError
-
     backend = connect("redis://user:secret@127.0.0.1:6379/0?namespace=app")
     assert "secret" not in backend.url
     assert backend.url.startswith("redis://user:***@127.0.0.1:6379/0")

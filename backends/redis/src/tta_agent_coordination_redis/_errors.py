@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Final, TypeVar
 
 from redis import exceptions as redis_errors
+
 from tta_agent_coordination.errors import BackendError, BackendUnavailableError
 
 __all__ = ["TRANSIENT", "boundary", "translate"]
@@ -47,7 +48,7 @@ _BASE_DELAY: Final = 0.05
 
 
 @asynccontextmanager
-async def translate(what: str) -> AsyncIterator[None]:
+async def translate(what: str) -> AsyncGenerator[None]:
     """Translate redis-py's exceptions raised inside the block (no retry).
 
     Raises:

@@ -23,8 +23,11 @@ __all__ = ["Script", "ScriptRunner", "load_script"]
 _INCLUDE: Final = re.compile(r"^--#include ([A-Za-z0-9_]+)[ \t]*$", re.MULTILINE)
 
 
+_PACKAGE: Final = "tta_agent_coordination_redis"
+
+
 def _read(name: str) -> str:
-    return resources.files(__package__).joinpath("scripts", f"{name}.lua").read_text("utf-8")
+    return resources.files(_PACKAGE).joinpath("scripts", f"{name}.lua").read_text("utf-8")
 
 
 def load_script(name: str) -> str:
@@ -70,15 +73,13 @@ class ScriptRunner:
             self._scripts[name] = script
         return script
 
-    async def run(
-        self, client: Redis, name: str, keys: Sequence[str], args: Sequence[Any]
-    ) -> Any:
+    async def run(self, client: Redis, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """``EVALSHA`` the script; on ``NOSCRIPT``, ``EVAL`` it (which caches it again).
 
         Redis errors are not translated here: the caller runs this inside the error boundary.
         """
         script = self.get(name)
         try:
-            return await client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+            return await client.evalsha(script.sha, len(keys), *keys, *args)
         except redis_errors.NoScriptError:
-            return await client.eval(script.text, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+            return await client.eval(script.text, len(keys), *keys, *args)

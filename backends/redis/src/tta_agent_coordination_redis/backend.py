@@ -42,6 +42,7 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
 from tta_agent_coordination.errors import BackendConfigWarning, ValidationError
 from tta_agent_coordination.protocols import BreakerStore, RegistryStore
 from tta_agent_coordination.settings import BackendOptions
@@ -194,7 +195,7 @@ class RedisBackend:
         self._connection = Connection(client, self._options)
         self._owns_client = owns_client
         self._url = _masked(urlsplit(url)) if url is not None else "redis://(client)"
-        self._capabilities = frozenset({"clock_control", *(["tls"] if tls else [])})
+        self._capabilities = frozenset({"clock_control", "tls"} if tls else {"clock_control"})
         self._queue = RedisQueueStore(self._connection, self._options)
         self._registry: RegistryStore | None = self._optional("registry", "RedisRegistryStore")
         self._breakers: BreakerStore | None = self._optional("breakers", "RedisBreakerStore")

@@ -51,6 +51,7 @@ from tta_agent_coordination.models import (
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
     from tta_agent_coordination.settings import BackendOptions
 
     from .backend import Connection
@@ -282,9 +283,7 @@ class RedisQueueStore:
         """One reserve script; the deliveries and the seconds until something is due."""
         name = str(agent_id)
         tokens = [secrets.token_hex(8) for _ in range(count)]
-        reply = cast(
-            "list[Any]", await self._run("reserve", name, visibility_ms, count, *tokens)
-        )
+        reply = cast("list[Any]", await self._run("reserve", name, visibility_ms, count, *tokens))
         now, deadline, next_due = int(reply[0]), int(reply[1]), int(reply[2])
         deliveries: list[Delivery] = []
         visible_at = _ts(deadline)
@@ -344,11 +343,11 @@ class RedisQueueStore:
             if not woken and time.monotonic() >= give_up:
                 return []  # the wait is over and nothing woke us: nothing to look at
 
-    async def _block(self, wake_key: str, timeout: float) -> bool:
-        """Block on the queue's wake list; ``True`` if woken, ``False`` at the timeout."""
+    async def _block(self, wake_key: str, seconds: float) -> bool:
+        """Block on the queue's wake list; ``True`` if woken, ``False`` after ``seconds``."""
 
         async def pop(client: Redis) -> object:
-            return await client.blpop([wake_key], timeout=timeout)  # type: ignore[arg-type]
+            return await client.blpop([wake_key], timeout=seconds)
 
         return await self._connection.call(pop, what="reserve (waiting)") is not None
 
@@ -492,7 +491,9 @@ class RedisQueueStore:
             if not isinstance(cursor, str) or not cursor.isdigit() or len(cursor) > 20:  # pyright: ignore[reportUnnecessaryIsInstance]  # runtime guard
                 raise _fail(f"{cursor!r} is not a dead-letter cursor")
             after = str(int(cursor))
-        reply = cast("list[Any]", await self._run("inspect", str(agent_id), "dead_list", after, size))
+        reply = cast(
+            "list[Any]", await self._run("inspect", str(agent_id), "dead_list", after, size)
+        )
         if int(reply[0]) == 0:
             return Page[DeadLetter](items=[])
         more = int(reply[1]) == 1
@@ -599,11 +600,13 @@ class RedisQueueStore:
                 for name in names:
                     keys_ = self._keys(name)
                     pipe.evalsha(script.sha, len(keys_), *keys_, name, *self._common, "stats")
-                return cast("list[Any]", await pipe.execute(raise_on_error=False))
+                return await pipe.execute(raise_on_error=False)
 
         replies = await connection.call(batch, what="stats all")
         if any(isinstance(r, Exception) for r in replies):  # NOSCRIPT: load it, then once more
-            await connection.run_script("inspect", self._keys(names[0]), [names[0], *self._common, "stats"])
+            await connection.run_script(
+                "inspect", self._keys(names[0]), [names[0], *self._common, "stats"]
+            )
             replies = await connection.call(batch, what="stats all")
         items = [
             self._stats(AgentId.parse(name), cast("list[Any]", reply))
