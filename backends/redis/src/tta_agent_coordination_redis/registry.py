@@ -377,6 +377,12 @@ class RedisRegistryStore:
     async def _block(self, position: int, seconds: float) -> None:
         """Block until an event after ``position`` is appended or ``seconds`` pass."""
         key = self._events_key
+        client = self._connection.client
+        socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        if isinstance(socket_timeout, int | float) and socket_timeout > 0:
+            # A block longer than the socket timeout would end in a timeout error: wake
+            # earlier and read again (the caller loops until its own wait is over).
+            seconds = min(seconds, socket_timeout * 0.8)
         milliseconds = max(1, math.ceil(seconds * 1000))
 
         async def xread(client: Redis) -> object:
