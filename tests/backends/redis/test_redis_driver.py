@@ -27,11 +27,13 @@ from redis_helpers import REDIS_URL, free_port
 from tta_agent_coordination import connect
 from tta_agent_coordination.errors import (
     BackendConfigWarning,
+    BackendError,
     BackendUnavailableError,
     ValidationError,
 )
 from tta_agent_coordination.models import AgentId, AgentMessage, EnqueueRequest
 from tta_agent_coordination_redis import LAYOUT_VERSION, RedisBackend
+from tta_agent_coordination_redis._errors import boundary, translate
 from tta_agent_coordination_redis.plugin import tta_backend_from_client, tta_backend_schemes
 
 pytestmark = pytest.mark.anyio
@@ -363,3 +365,50 @@ def test_url_masks_the_password_and_rejects_unknown_options() -> None:
     assert "tls" in connect("rediss://127.0.0.1:6380/0").capabilities
     with pytest.raises(ValidationError):
         connect("redis://127.0.0.1:6379/0?bogus=1")
+
+
+async def test_a_long_wait_is_cut_below_the_socket_timeout() -> None:
+    async with fresh(f"{REDIS_URL}?socket_timeout=0.5") as backend:
+        assert backend.connection.max_block == pytest.approx(0.4)
+        store = backend.queue
+        start = time.monotonic()
+        assert await store.reserve(QUEUE, visibility_timeout=10, wait=1.2) == []
+        assert 1.1 <= time.monotonic() - start < 3
+
+
+# -- the error boundary -------------------------------------------------------------------
+
+
+async def test_the_boundary_retries_transient_errors_then_gives_up() -> None:
+    tries: list[int] = []
+
+    async def flaky() -> str:
+        tries.append(1)
+        if len(tries) < 3:
+            raise sync_redis.ConnectionError("reset by peer")
+        return "done"
+
+    assert await boundary(flaky, what="test") == "done"
+    assert len(tries) == 3
+
+    async def down() -> str:
+        raise sync_redis.TimeoutError("timed out")
+
+    with pytest.raises(BackendUnavailableError, match="after 2 tries") as info:
+        await boundary(down, what="test", tries=2)
+    assert isinstance(info.value.__cause__, sync_redis.TimeoutError)
+
+
+async def test_the_boundary_does_not_retry_an_error_reply() -> None:
+    tries: list[int] = []
+
+    async def refused() -> str:
+        tries.append(1)
+        raise sync_redis.ResponseError("WRONGTYPE")
+
+    with pytest.raises(BackendError, match="WRONGTYPE"):
+        await boundary(refused, what="test")
+    assert len(tries) == 1
+    with pytest.raises(BackendUnavailableError):
+        async with translate("test"):
+            raise sync_redis.ConnectionError("gone")

@@ -82,6 +82,12 @@ class Connection:
         self.keys = Keys(options.namespace)
         self.scripts = ScriptRunner()
         self._checked = False
+        timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        #: The longest a blocking command may block: under the client's socket timeout, so a
+        #: long wait is cut into blocks that never look like a dead connection.
+        self.max_block: float | None = (
+            None if not isinstance(timeout, int | float) else max(0.01, 0.8 * float(timeout))
+        )
 
     async def _check_server(self) -> None:
         """Warn once when the server may evict keys (any ``maxmemory-policy`` but noeviction)."""

@@ -339,6 +339,8 @@ class RedisQueueStore:
             if remaining <= 0:
                 return []
             timeout = remaining if due_in is None else min(remaining, due_in + _DUE_SLACK)
+            if self._connection.max_block is not None:
+                timeout = min(timeout, self._connection.max_block)
             woken = await self._block(wake_key, max(timeout, _MIN_BLOCK))
             if not woken and time.monotonic() >= give_up:
                 return []  # the wait is over and nothing woke us: nothing to look at
