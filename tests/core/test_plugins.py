@@ -96,11 +96,15 @@ def test_unknown_scheme_names_the_installed_ones() -> None:
 
 
 @pytest.mark.parametrize("scheme", ["redis", "rediss", "redis+cluster"])
-def test_known_but_missing_driver_says_how_to_install_it(scheme: str) -> None:
+def test_known_but_missing_driver_says_how_to_install_it(
+    scheme: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(BLOCK_ENV, "redis")  # as if the Redis driver were not installed
+    registry = PluginRegistry()
     with pytest.raises(
         BackendNotFoundError, match=r"pip install 'tta-agent-coordination\[redis\]'"
     ):
-        connect(f"{scheme}://localhost:6379")
+        registry.factory(scheme)
 
 
 @pytest.mark.parametrize("url", ["", "memory", "://x", 42])

@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Final, Protocol, Self, overload, runtime_check
 import anyio
 from pydantic import JsonValue
 
+from . import checks
 from ._compat_models import CompatConfig, MessageSubscription, ReceivedMessage
 from .errors import (
     AgentNotFoundError,
@@ -238,13 +239,6 @@ def _parse_compat_token(token: str) -> tuple[str, int | None]:
     if sep and attempt.isdigit() and receipt:
         return receipt, int(attempt)
     return token, None
-
-
-def _check_positive(value: float, what: str) -> float:
-    if not value > 0:
-        msg = f"{what} must be a positive number of seconds, not {value!r}"
-        raise ValidationError(msg)
-    return value
 
 
 @dataclass
@@ -637,7 +631,7 @@ class MessageCoordinator:
         if tg is None:
             msg = "request() needs the coordinator's task group: use `async with` on it first"
             raise RuntimeError(msg)
-        _check_positive(timeout, "timeout")
+        checks.duration(timeout, "timeout", positive=True)
         if not self._reader_started:
             self._reader_started = True
             try:
@@ -1119,9 +1113,9 @@ class MessageCoordinator:
         if isinstance(concurrency, bool) or concurrency < 1:
             msg = f"concurrency must be an int of at least 1, not {concurrency!r}"
             raise ValidationError(msg)
-        _check_positive(visibility_timeout, "visibility_timeout")
+        checks.duration(visibility_timeout, "visibility_timeout", positive=True)
         if handler_timeout is not None:
-            _check_positive(handler_timeout, "handler_timeout")
+            checks.duration(handler_timeout, "handler_timeout", positive=True)
         if not grace >= 0:
             msg = f"grace must be a number of seconds >= 0, not {grace!r}"
             raise ValidationError(msg)

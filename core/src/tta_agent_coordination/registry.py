@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import builtins
 import logging
-import math
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Final
@@ -29,11 +28,11 @@ from typing import Final
 import anyio
 from pydantic import JsonValue
 
+from tta_agent_coordination import checks
 from tta_agent_coordination.errors import (
     AgentConflictError,
     AgentNotFoundError,
     BackendError,
-    ValidationError,
 )
 from tta_agent_coordination.metrics import NOOP_METRICS, REGISTRY_EVENTS, MetricsSink
 from tta_agent_coordination.models import (
@@ -54,13 +53,6 @@ logger = logging.getLogger(__name__)
 EVENTS_WAIT: Final = 30.0
 #: How long (real seconds) the deregistration on leaving ``registered()`` may take.
 DEREGISTER_TIMEOUT: Final = 10.0
-
-
-def _positive(value: float, what: str) -> float:
-    if not value > 0 or not math.isfinite(value):
-        msg = f"{what} must be a finite number > 0, not {value!r}"
-        raise ValidationError(msg)
-    return value
 
 
 class Registration:
@@ -252,7 +244,7 @@ class AgentRegistry:
         Raises:
             EventsGapError: The log no longer holds the events after the cursor.
         """
-        _positive(wait, "wait")
+        checks.duration(wait, "wait", positive=True)
         cursor = after
         while True:
             page = await self._store.read_events(after=cursor, limit=limit, wait=wait)
@@ -291,7 +283,7 @@ class AgentRegistry:
             ValidationError: A bad ttl, interval, load, capability or metadata.
         """
         interval = ttl / 3 if heartbeat_interval is None else heartbeat_interval
-        _positive(interval, "heartbeat_interval")
+        checks.duration(interval, "heartbeat_interval", positive=True)
         token = await self.register(
             agent_id,
             capabilities=capabilities,

@@ -29,7 +29,6 @@ Decisions beyond the contract (see ``docs/decisions``):
 from __future__ import annotations
 
 import heapq
-import math
 import os
 import re
 import secrets
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
+from .. import checks
 from .._codec import decode_message, encode_message
 from ..errors import InvalidReceiptError, QueueFullError, ValidationError
 from ..models import (
@@ -245,49 +245,12 @@ def _fail(message: str) -> ValidationError:
     return ValidationError(message)
 
 
-def _check_duration(value: object, what: str, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _fail(f"{what} must be a number of seconds, not {type(value).__name__}")
-    seconds = float(value)
-    if not math.isfinite(seconds) or seconds < 0 or (positive and seconds == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise _fail(f"{what} must be finite and {bound}, not {value!r}")
-    return seconds
-
-
-def _check_int(value: object, what: str, low: int, high: int | None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(f"{what} must be an int, not {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        top = "" if high is None else f" and <= {high}"
-        raise _fail(f"{what} must be >= {low}{top}, not {value}")
-    return value
-
-
-def _check_text(value: object, what: str, limit: int) -> str:
-    if not isinstance(value, str) or not 1 <= len(value) <= limit:
-        raise _fail(f"{what} must be a string of 1 to {limit} characters, not {value!r}")
-    return value
-
-
-def _check_optional_text(value: object, what: str) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise _fail(f"{what} must be a string or None, not {type(value).__name__}")
-    return value
-
-
 def _check_queue(queue: object) -> AgentId:
-    if not isinstance(queue, AgentId):
-        raise _fail(f"queue must be an AgentId, not {type(queue).__name__}")
-    return queue
+    return checks.agent_id(queue)
 
 
-def _check_ids(entry_ids: Sequence[str] | None) -> list[str] | None:
-    if entry_ids is None:
-        return None
-    if isinstance(entry_ids, str) or not isinstance(entry_ids, Sequence):  # pyright: ignore[reportUnnecessaryIsInstance]  # runtime guard
-        raise _fail("entry_ids must be a sequence of entry id strings (or None for all)")
-    return [_check_text(e, "entry id", _MAX_ID) for e in entry_ids]
+def _check_ids(ids: Sequence[str] | None) -> list[str] | None:
+    return checks.entry_ids(ids, _MAX_ID)
 
 
 def _parse_receipt(receipt: object) -> tuple[str, str, str]:
@@ -607,14 +570,14 @@ class MemoryQueueStore:
         return _Prepared(
             message,
             body,
-            delay=0.0 if delay is None else _check_duration(delay, "delay", positive=False),
+            delay=0.0 if delay is None else checks.duration(delay, "delay", positive=False),
             dedup_key=None
             if dedup_key is None
-            else _check_text(dedup_key, "dedup_key", _MAX_DEDUP),
-            entry_id=None if entry_id is None else _check_text(entry_id, "entry_id", _MAX_ID),
+            else checks.text(dedup_key, "dedup_key", _MAX_DEDUP),
+            entry_id=None if entry_id is None else checks.text(entry_id, "entry_id", _MAX_ID),
             max_attempts=self._options.max_attempts
             if max_attempts is None
-            else _check_int(max_attempts, "max_attempts", 1, None),
+            else checks.integer(max_attempts, "max_attempts", 1, None),
         )
 
     def _existing(self, queue: _Queue, item: _Prepared) -> str | None:
@@ -816,9 +779,9 @@ class MemoryQueueStore:
             ValidationError: A bad argument.
         """
         agent_id = _check_queue(queue)
-        visibility = _check_duration(visibility_timeout, "visibility_timeout", positive=True)
-        count = _check_int(max_messages, "max_messages", 1, _MAX_BATCH)
-        waiting = 0.0 if wait is None else _check_duration(wait, "wait", positive=False)
+        visibility = checks.duration(visibility_timeout, "visibility_timeout", positive=True)
+        count = checks.integer(max_messages, "max_messages", 1, _MAX_BATCH)
+        waiting = 0.0 if wait is None else checks.duration(wait, "wait", positive=False)
         name = str(agent_id)
         self._drop_idle()
         found = self._queues.get(name)
@@ -933,8 +896,8 @@ class MemoryQueueStore:
             InvalidReceiptError: ``receipt`` is malformed.
             ValidationError: A bad ``delay`` or ``error``.
         """
-        seconds = _check_duration(delay, "delay", positive=False)
-        text = _check_optional_text(error, "error")
+        seconds = checks.duration(delay, "delay", positive=False)
+        text = checks.optional_text(error, "error")
         queue, entry, _, _, now = self._current(receipt)
         if queue is None or entry is None:
             return False
@@ -970,7 +933,7 @@ class MemoryQueueStore:
             InvalidReceiptError: ``receipt`` is malformed.
             ValidationError: A non-positive ``visibility_timeout``.
         """
-        visibility = _check_duration(visibility_timeout, "visibility_timeout", positive=True)
+        visibility = checks.duration(visibility_timeout, "visibility_timeout", positive=True)
         queue, entry, _, _, now = self._current(receipt)
         if queue is None or entry is None:
             return False
@@ -987,8 +950,8 @@ class MemoryQueueStore:
             InvalidReceiptError: ``receipt`` is malformed.
             ValidationError: An empty ``reason`` or a bad ``error``.
         """
-        why = _check_text(reason, "reason", _MAX_DEDUP)
-        text = _check_optional_text(error, "error")
+        why = checks.text(reason, "reason", _MAX_DEDUP)
+        text = checks.optional_text(error, "error")
         queue, entry, _, _, now = self._current(receipt)
         if queue is None or entry is None:
             return False
@@ -1033,7 +996,7 @@ class MemoryQueueStore:
         Raises:
             ValidationError: A bad ``limit`` or ``cursor``.
         """
-        size = _check_int(limit, "limit", 1, _MAX_BATCH)
+        size = checks.integer(limit, "limit", 1, _MAX_BATCH)
         after = 0
         if cursor is not None:
             if not isinstance(cursor, str) or not cursor.isdigit() or len(cursor) > 20:  # pyright: ignore[reportUnnecessaryIsInstance]  # runtime guard
@@ -1064,7 +1027,7 @@ class MemoryQueueStore:
 
     async def get_dead_letter(self, queue: AgentId, entry_id: str) -> DeadLetter | None:
         """One dead letter by its entry id, or ``None``."""
-        wanted = _check_text(entry_id, "entry_id", _MAX_ID)
+        wanted = checks.text(entry_id, "entry_id", _MAX_ID)
         found = self._read_queue(queue)
         if found is None:
             return None
@@ -1150,7 +1113,7 @@ class MemoryQueueStore:
         Raises:
             ValidationError: A bad ``limit`` or ``cursor``.
         """
-        size = _check_int(limit, "limit", 1, _MAX_BATCH)
+        size = checks.integer(limit, "limit", 1, _MAX_BATCH)
         self._drop_idle()
         start = 0
         if cursor is not None:
@@ -1200,7 +1163,7 @@ class MemoryQueueStore:
             ValidationError: A bad queue or ttl.
         """
         agent_id = _check_queue(queue)
-        seconds = None if ttl is None else _check_duration(ttl, "ttl", positive=True)
+        seconds = None if ttl is None else checks.duration(ttl, "ttl", positive=True)
         found = self._queue_for(agent_id)
         found.idle_ttl = seconds
         if seconds is None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import builtins
 import heapq
 import json
-import math
 import re
 import uuid
 from collections import deque
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, TypeVar, cast
 import anyio
 from pydantic import JsonValue
 
+from tta_agent_coordination import checks
 from tta_agent_coordination.errors import (
     AgentConflictError,
     AgentNotFoundError,
@@ -72,26 +72,6 @@ _CURSOR = re.compile(r"[0-9]{1,20}")
 
 def _dt(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
-
-
-def _check_duration(value: object, what: str, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        msg = f"{what} must be a number, not {type(value).__name__}"
-        raise ValidationError(msg)
-    ok = value > 0 if positive else value >= 0
-    if not ok or not math.isfinite(value):
-        bound = "> 0" if positive else ">= 0"
-        msg = f"{what} must be a finite number {bound}, not {value!r}"
-        raise ValidationError(msg)
-    return float(value)
-
-
-def _check_instance(value: object, kind: type[T], what: str) -> T:
-    """``value`` if it is a ``kind``, else ``ValidationError`` (a runtime guard for callers)."""
-    if not isinstance(value, kind):
-        msg = f"{what} must be a {kind.__name__}, not {type(value).__name__}"
-        raise ValidationError(msg)
-    return value
 
 
 def _check_limit(value: object, *, upper: int | None = None) -> int:
@@ -288,10 +268,10 @@ class MemoryRegistryStore:
             ValidationError: A bad ttl, load, capability or metadata (nothing written).
             AgentConflictError: The id is live under another session and ``replace`` is false.
         """
-        _check_instance(agent_id, AgentId, "agent_id")
-        ttl = _check_duration(ttl, "ttl", positive=True)
-        load = _check_duration(load, "load", positive=False)
-        caps = tuple(_check_instance(c, Capability, "capability") for c in capabilities)
+        checks.instance(agent_id, AgentId, "agent_id")
+        ttl = checks.duration(ttl, "ttl", positive=True)
+        load = checks.duration(load, "load", positive=False)
+        caps = tuple(checks.instance(c, Capability, "capability") for c in capabilities)
         meta = _copy_metadata(metadata)
         self._sweep()
         if self._live(agent_id) is not None and not replace:
@@ -324,9 +304,9 @@ class MemoryRegistryStore:
             AgentConflictError: The session was replaced (the token is not the current one).
             AgentNotFoundError: No session for the agent (never registered, or deregistered).
         """
-        _check_instance(agent_id, AgentId, "agent_id")
+        checks.instance(agent_id, AgentId, "agent_id")
         if load is not None:
-            load = _check_duration(load, "load", positive=False)
+            load = checks.duration(load, "load", positive=False)
         self._sweep()
         record = self._records.get(agent_id)
         if record is None:
@@ -368,7 +348,7 @@ class MemoryRegistryStore:
 
     async def deregister(self, agent_id: AgentId, token: str) -> bool:
         """End the session; ``False`` if ``token`` is not the agent's current session."""
-        _check_instance(agent_id, AgentId, "agent_id")
+        checks.instance(agent_id, AgentId, "agent_id")
         self._sweep()
         record = self._records.get(agent_id)
         if record is None or record.token != token:
@@ -381,7 +361,7 @@ class MemoryRegistryStore:
 
     async def get(self, agent_id: AgentId) -> AgentInfo | None:
         """The live agent, or ``None``."""
-        _check_instance(agent_id, AgentId, "agent_id")
+        checks.instance(agent_id, AgentId, "agent_id")
         self._sweep()
         record = self._live(agent_id)
         return None if record is None else record.info.model_copy(deep=True)
@@ -412,7 +392,7 @@ class MemoryRegistryStore:
         Raises:
             ValidationError: ``limit`` below 1, or ``query`` not a ``CapabilityQuery``.
         """
-        _check_instance(query, CapabilityQuery, "query")
+        checks.instance(query, CapabilityQuery, "query")
         if limit is not None:
             _check_limit(limit)
         self._sweep()
@@ -430,7 +410,7 @@ class MemoryRegistryStore:
         """The sequence number to read after (validates the cursor, raises on a gap)."""
         if after is None:
             return self._seq
-        if _CURSOR.fullmatch(_check_instance(after, str, "cursor")) is None:
+        if _CURSOR.fullmatch(checks.instance(after, str, "cursor")) is None:
             msg = f"registry events cursor {after!r} is malformed (a cursor this store returned)"
             raise ValidationError(msg)
         position = int(after)
@@ -471,7 +451,7 @@ class MemoryRegistryStore:
         """
         _check_limit(limit, upper=MAX_EVENTS_PAGE)
         if wait is not None:
-            wait = _check_duration(wait, "wait", positive=False)
+            wait = checks.duration(wait, "wait", positive=False)
         position = self._position(after)
         self._sweep()
         items = self._page(position, limit)
