@@ -232,3 +232,24 @@ async def test_keys_carry_the_namespace_tag_and_layout_version(
     left = cast("AsyncIterator[bytes]", client.scan_iter(match=f"{namespace}*", count=1000))
     assert [key async for key in left] == []
     assert await store.breakers() == []
+
+
+async def test_a_retried_acquire_gets_its_permit_back(backend: RedisBackend, name: str) -> None:
+    """The permit id is fixed before the first try: a resent acquire takes no second slot."""
+    store = backend.breakers
+    for _ in range(CONFIG.failure_threshold):
+        await store.record_failure(name, CONFIG)
+    await backend.clock.advance(CONFIG.recovery_timeout + 1)
+    connection = backend.connection
+    keys = [
+        connection.keys.clock,
+        connection.keys.ns(f"breaker:{name}"),
+        connection.keys.ns("breakers"),
+    ]
+    args = [name, 5, "", 10_000_000, 3, 3, 5_000_000, "fixed-permit"]
+    first = await connection.run_script("breaker_acquire", keys, args)
+    again = await connection.run_script("breaker_acquire", keys, args)
+    assert first[:2] == again[:2] == [b"1", b"fixed-permit"]
+    snapshot = await store.snapshot(name, CONFIG)
+    assert snapshot.permits_in_use == 1
+    assert (await store.record_success(name, CONFIG, "fixed-permit")).snapshot.successes == 1
