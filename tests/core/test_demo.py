@@ -1,14 +1,19 @@
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 from datetime import UTC, datetime
 
 import pytest
+from rich.console import Console
 
 from tta_agent_coordination import AgentId, AgentMessage, Delivery, PermanentFailureError, demo
 from tta_agent_coordination.demo import MAX_ATTEMPTS, model_fails, run
+from tta_agent_coordination.models import BreakerState, BreakerTransition
+
+OPEN, HALF_OPEN = BreakerState.OPEN, BreakerState.HALF_OPEN
 
 pytestmark = pytest.mark.anyio
 
@@ -130,3 +135,21 @@ def test_python_dash_m_runs_the_demo() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["requests"]["sent"] == 4
+
+
+def test_the_tables_show_breaker_transitions_and_dead_letters() -> None:
+    summary = demo.DemoSummary(backend="memory://", seed=1, stories=1)
+    summary.failed[0] = "ModelUnavailableError: down"
+    summary.dead_letters.append(
+        {"story": 0, "queue": "q", "reason": "max_attempts", "attempts": 3, "error": "down"}
+    )
+    now = datetime.now(UTC)
+    summary.transitions.append(
+        BreakerTransition(name="llm", from_state=OPEN, to_state=HALF_OPEN, at=now)
+    )
+    out = io.StringIO()
+    demo._print(summary, Console(file=out, width=120))
+    text = out.getvalue()
+    assert "half_open" in text
+    assert "max_attempts" in text
+    assert "every request answered or dead-lettered with a reason" in text
