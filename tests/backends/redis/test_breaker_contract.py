@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from tta_agent_coordination.testing.breaker_contract import BreakerContract
-
 from redis_helpers import REDIS_URL
+from tta_agent_coordination.testing.breaker_contract import BreakerContract
 
 
 class TestRedisBreakers(BreakerContract):

@@ -16,6 +16,7 @@ import anyio
 import pytest
 from redis.crc import key_slot
 
+from redis_helpers import REDIS_URL
 from tta_agent_coordination.models import (
     BreakerDecision,
     BreakerState,
@@ -25,8 +26,6 @@ from tta_agent_coordination.models import (
 from tta_agent_coordination.plugins import connect
 from tta_agent_coordination_redis.backend import RedisBackend
 from tta_agent_coordination_redis.keys import LAYOUT_VERSION
-
-from redis_helpers import REDIS_URL
 
 pytestmark = pytest.mark.anyio
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from tta_agent_coordination.testing.registry_contract import RegistryContract
-
 from redis_helpers import REDIS_URL
+from tta_agent_coordination.testing.registry_contract import RegistryContract
 
 
 class TestRedisRegistry(RegistryContract):

@@ -28,6 +28,7 @@ import redis as sync_redis
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
+from redis_helpers import REDIS_URL, free_port
 from tta_agent_coordination.errors import AgentConflictError, EventsGapError
 from tta_agent_coordination.models import (
     AgentId,
@@ -39,8 +40,6 @@ from tta_agent_coordination.models import (
 from tta_agent_coordination.plugins import connect
 from tta_agent_coordination_redis.backend import RedisBackend
 from tta_agent_coordination_redis.keys import LAYOUT_VERSION
-
-from redis_helpers import REDIS_URL, free_port
 
 pytestmark = pytest.mark.anyio
 
