@@ -26,14 +26,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import anyio.lowlevel
 
+from tta_agent_coordination import checks
 from tta_agent_coordination._validation import require_name
 from tta_agent_coordination.backends._memory_breakers import MemoryBreakerStore, _Breaker
 from tta_agent_coordination.backends._memory_queue import (
     _READY,
     _RESERVED,
     MemoryQueueStore,
-    _check_duration,
-    _check_optional_text,
     _Entry,
     _parse_receipt,
     _Queue,
@@ -175,8 +174,8 @@ class _NackLoses(MemoryQueueStore):
     """A nack removes the entry (as an ack would) instead of making it due again."""
 
     async def nack(self, receipt: str, *, delay: float = 0.0, error: str | None = None) -> bool:
-        _check_duration(delay, "delay", positive=False)
-        _check_optional_text(error, "error")
+        checks.duration(delay, "delay", positive=False)
+        checks.optional_text(error, "error")
         queue, entry, token, _, now = self._current(receipt)
         if queue is None or entry is None:
             return False
