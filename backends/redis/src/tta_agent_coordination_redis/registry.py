@@ -380,9 +380,9 @@ class RedisRegistryStore:
         client = self._connection.client
         socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
         if isinstance(socket_timeout, int | float) and socket_timeout > 0:
-            # A block longer than the socket timeout would end in a timeout error: wake
-            # earlier and read again (the caller loops until its own wait is over).
-            seconds = min(seconds, socket_timeout * 0.8)
+            # A block near the socket timeout would end in a timeout error: block for half of
+            # it (the other half is the reply's margin) and read again (the caller loops).
+            seconds = min(seconds, socket_timeout / 2)
         milliseconds = max(1, math.ceil(seconds * 1000))
 
         async def xread(client: Redis) -> object:
