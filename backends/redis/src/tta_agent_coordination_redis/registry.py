@@ -46,10 +46,11 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from pydantic import JsonValue
 
+from tta_agent_coordination import checks
 from tta_agent_coordination.errors import (
     AgentConflictError,
     AgentNotFoundError,
@@ -78,8 +79,6 @@ __all__ = ["MAX_EVENTS_PAGE", "RedisRegistryStore"]
 #: The largest ``limit`` of one ``read_events`` call.
 MAX_EVENTS_PAGE: Final = 1000
 
-T = TypeVar("T")
-
 _CURSOR: Final = re.compile(r"[0-9]{1,20}")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 #: The fields of an agent every script answer and event carries, in the scripts' order.
@@ -93,36 +92,6 @@ def _dt(microseconds: bytes | int) -> datetime:
 
 def _us(seconds: float) -> int:
     return max(1, round(seconds * 1_000_000))
-
-
-def _check_instance(value: object, kind: type[T], what: str) -> T:
-    """``value`` if it is a ``kind``, else ``ValidationError`` (a runtime guard for callers)."""
-    if not isinstance(value, kind):
-        msg = f"{what} must be a {kind.__name__}, not {type(value).__name__}"
-        raise ValidationError(msg)
-    return value
-
-
-def _check_number(value: object, what: str, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        msg = f"{what} must be a number, not {type(value).__name__}"
-        raise ValidationError(msg)
-    ok = value > 0 if positive else value >= 0
-    if not ok or not math.isfinite(value):
-        bound = "> 0" if positive else ">= 0"
-        msg = f"{what} must be a finite number {bound}, not {value!r}"
-        raise ValidationError(msg)
-    return float(value)
-
-
-def _check_limit(value: object, *, upper: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        msg = f"limit must be an int of at least 1, not {value!r}"
-        raise ValidationError(msg)
-    if upper is not None and value > upper:
-        msg = f"limit must be at most {upper}, not {value!r}"
-        raise ValidationError(msg)
-    return value
 
 
 def _metadata_json(metadata: object) -> Any:
@@ -249,10 +218,10 @@ class RedisRegistryStore:
             ValidationError: A bad ttl, load, capability or metadata (nothing written).
             AgentConflictError: The id is live under another session and ``replace`` is false.
         """
-        _check_instance(agent_id, AgentId, "agent_id")
-        ttl = _check_number(ttl, "ttl", positive=True)
-        load = _check_number(load, "load", positive=False)
-        caps = [_check_instance(c, Capability, "capability") for c in capabilities]
+        checks.instance(agent_id, AgentId, "agent_id")
+        ttl = checks.duration(ttl, "ttl", positive=True)
+        load = checks.duration(load, "load")
+        caps = [checks.instance(c, Capability, "capability") for c in capabilities]
         static = json.dumps(
             {
                 "capabilities": [c.model_dump(mode="json") for c in caps],
@@ -297,9 +266,9 @@ class RedisRegistryStore:
             AgentConflictError: The session was replaced (the token is not the current one).
             AgentNotFoundError: No session for the agent (never registered, or deregistered).
         """
-        _check_instance(agent_id, AgentId, "agent_id")
+        checks.instance(agent_id, AgentId, "agent_id")
         if load is not None:
-            load = _check_number(load, "load", positive=False)
+            load = checks.duration(load, "load")
         reply = await self._run(
             "heartbeat",
             str(agent_id),
@@ -317,12 +286,12 @@ class RedisRegistryStore:
 
     async def deregister(self, agent_id: AgentId, token: str) -> bool:
         """End the session; ``False`` if ``token`` is not the agent's current session."""
-        _check_instance(agent_id, AgentId, "agent_id")
+        checks.instance(agent_id, AgentId, "agent_id")
         return bool(await self._run("deregister", str(agent_id), str(token)))
 
     async def get(self, agent_id: AgentId) -> AgentInfo | None:
         """The live agent, or ``None``."""
-        _check_instance(agent_id, AgentId, "agent_id")
+        checks.instance(agent_id, AgentId, "agent_id")
         found = _infos(await self._run("get", str(agent_id)))
         return found[0] if found else None
 
@@ -350,9 +319,9 @@ class RedisRegistryStore:
         Raises:
             ValidationError: ``limit`` below 1, or ``query`` not a ``CapabilityQuery``.
         """
-        _check_instance(query, CapabilityQuery, "query")
+        checks.instance(query, CapabilityQuery, "query")
         if limit is not None:
-            _check_limit(limit)
+            checks.integer(limit, "limit", 1)
         max_load = "" if query.max_load is None else repr(query.max_load)
         flat = await self._run("discover", query.name, max_load)
         matches = [info for info in _infos(flat) if info.holds(query)]
@@ -402,10 +371,10 @@ class RedisRegistryStore:
             ValidationError: A malformed cursor, a ``limit`` outside 1..1000 or a bad ``wait``.
             EventsGapError: Events after ``after`` were trimmed from the log.
         """
-        _check_limit(limit, upper=MAX_EVENTS_PAGE)
+        checks.integer(limit, "limit", 1, MAX_EVENTS_PAGE)
         if wait is not None:
-            wait = _check_number(wait, "wait", positive=False)
-        if after is not None and _CURSOR.fullmatch(_check_instance(after, str, "cursor")) is None:
+            wait = checks.duration(wait, "wait")
+        if after is not None and _CURSOR.fullmatch(checks.instance(after, str, "cursor")) is None:
             msg = f"registry events cursor {after!r} is malformed (a cursor this store returned)"
             raise ValidationError(msg)
         position, next_expiry, items = await self._read(after or "", limit)

@@ -2,16 +2,20 @@
 -- Closed: a permit-less failure counts (failure_threshold of them open it); a permit-less
 -- success forgets consecutive failures. Half-open: only a current permit counts; a success
 -- adds up to success_threshold (closed), a failure re-opens. Anything else is ignored.
+-- An outcome that changes nothing (a success with no failures to forget, an ignored one)
+-- writes nothing but the name into the index.
 --#include breaker_lib
 local now = now_us()
 local b = load(now)
 local outcome, permit = ARGV[8], ARGV[9]
 local transition
+local changed = false
 if b.state == 'closed' then
   if permit == '' then
     if outcome == 'success' then
-      if WINDOW == nil then
+      if WINDOW == nil and #b.failures > 0 then
         b.failures = {}
+        changed = true
       end
     else
       b.failures[#b.failures + 1] = now
@@ -26,12 +30,14 @@ if b.state == 'closed' then
         table.remove(keep, 1)
       end
       b.failures = keep
+      changed = true
       if #b.failures >= THRESHOLD then
         transition = move(b, 'open', now)
       end
     end
   end
 elseif b.state == 'half_open' and permit ~= '' and b.permits[permit] ~= nil then
+  changed = true
   if outcome == 'success' then
     b.permits[permit] = nil
     b.npermits = b.npermits - 1
@@ -44,5 +50,9 @@ elseif b.state == 'half_open' and permit ~= '' and b.permits[permit] ~= nil then
     transition = move(b, 'open', now)
   end
 end
-save(b)
+if changed then
+  save(b)
+else
+  redis.call('SADD', K_NAMES, NAME)
+end
 return decision(false, nil, b, now, transition)
