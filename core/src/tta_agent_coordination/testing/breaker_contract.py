@@ -5,9 +5,13 @@ Subclass :class:`BreakerContract` and set ``url`` to run it against a backend::
     class TestAcmeBreakers(BreakerContract):
         url = "acme://localhost"
 
-Tests of time move the backend's clock with :func:`~.base.advance` and keep margins of
-seconds, so a clock that also flows in real time passes them. A refused half-open caller may
-get ``retry_after`` of 0 or up to ``probe_timeout``: both are allowed by the contract.
+Tests of time take the ``timeline`` fixture (:class:`~.base.Timeline`): their configurations
+go through :func:`timed` (durations by ``timeline.d()``), time passes with
+``timeline.advance()`` (the backend's clock with ``clock_control``, scaled real time without),
+and ``retry_after`` is read back with ``timeline.seconds()`` and checked against a range 5 s
+wide. Recovery and probe timeouts of 10 are checked at least 2 after or 5 before, so order and
+counts are asserted, never latency. A refused half-open caller may get ``retry_after`` of 0 or
+up to ``probe_timeout``: both are allowed by the contract.
 """
 
 from __future__ import annotations
@@ -23,12 +27,12 @@ from tta_agent_coordination.models import (
     BreakerState,
     CircuitBreakerConfig,
 )
-from tta_agent_coordination.protocols import Backend, BreakerStore, ClockControl
+from tta_agent_coordination.protocols import Backend, BreakerStore
 
-from .base import BackendTestBase, advance
+from .base import BackendTestBase, Timeline
 from .registry_contract import two_clients
 
-__all__ = ["BreakerContract"]
+__all__ = ["BreakerContract", "timed"]
 
 CLOSED = BreakerState.CLOSED
 OPEN = BreakerState.OPEN
@@ -40,10 +44,31 @@ CONFIG = CircuitBreakerConfig(
     recovery_timeout=10,
     half_open_max_calls=2,
     success_threshold=2,
-    probe_timeout=5,
+    probe_timeout=10,
 )
-#: The same, counting failures in a sliding window of 10 s.
-WINDOWED = CONFIG.model_copy(update={"window": 10.0})
+#: The same, counting failures in a sliding window of 20 s.
+WINDOWED = CONFIG.model_copy(update={"window": 20.0})
+#: Float rounding of a scaled ``retry_after`` read back in test seconds.
+ROUNDING = 1e-3
+
+
+def timed(config: CircuitBreakerConfig, timeline: Timeline) -> CircuitBreakerConfig:
+    """``config`` with its durations (window, recovery, probe timeout) as the backend takes them."""
+    window = None if config.window is None else timeline.d(config.window)
+    return config.model_copy(
+        update={
+            "window": window,
+            "recovery_timeout": timeline.d(config.recovery_timeout),
+            "probe_timeout": timeline.d(config.probe_timeout),
+        }
+    )
+
+
+def retry_after(decision: BreakerDecision, timeline: Timeline) -> float:
+    """The decision's ``retry_after`` in test seconds (it must have one)."""
+    seen = decision.snapshot.retry_after
+    assert seen is not None, decision
+    return timeline.seconds(seen)
 
 
 async def open_breaker(store: BreakerStore, name: str, config: CircuitBreakerConfig) -> None:
@@ -54,11 +79,11 @@ async def open_breaker(store: BreakerStore, name: str, config: CircuitBreakerCon
 
 
 async def half_open(
-    store: BreakerStore, backend: Backend, name: str, config: CircuitBreakerConfig
+    store: BreakerStore, timeline: Timeline, name: str, config: CircuitBreakerConfig
 ) -> BreakerDecision:
-    """Open the breaker, let the recovery timeout pass, and take the first probe permit."""
+    """Open the breaker, let its (:func:`timed`) recovery timeout pass, take the first permit."""
     await open_breaker(store, name, config)
-    await advance(backend, config.recovery_timeout + 2)
+    await timeline.advance(timeline.seconds(config.recovery_timeout) + 2)
     decision = await store.acquire(name, config)
     assert decision.allowed
     assert decision.permit is not None
@@ -129,17 +154,18 @@ class BreakerContract(BackendTestBase):
         assert update.snapshot.state is OPEN
 
     async def test_a_sliding_window_forgets_old_failures(
-        self, store: BreakerStore, backend: Backend, clock: ClockControl, name: str
+        self, store: BreakerStore, timeline: Timeline, name: str
     ) -> None:
         """With a window, only failures within the last window seconds count."""
-        await store.record_failure(name, WINDOWED)
-        await advance(backend, 6)
-        await store.record_failure(name, WINDOWED)
-        await advance(backend, 6)
-        update = await store.record_failure(name, WINDOWED)
+        windowed = timed(WINDOWED, timeline)
+        await store.record_failure(name, windowed)
+        await timeline.advance(12)
+        await store.record_failure(name, windowed)
+        await timeline.advance(10)  # the first is 2 s out of the window, the second 10 s in
+        update = await store.record_failure(name, windowed)
         assert update.snapshot.state is CLOSED
         assert update.snapshot.failures == 2
-        update = await store.record_failure(name, WINDOWED)
+        update = await store.record_failure(name, windowed)
         assert update.snapshot.state is OPEN
         assert update.transition is not None
 
@@ -153,49 +179,50 @@ class BreakerContract(BackendTestBase):
         assert update.snapshot.state is OPEN
 
     async def test_window_failures_age_out_of_snapshots(
-        self, store: BreakerStore, backend: Backend, clock: ClockControl, name: str
+        self, store: BreakerStore, timeline: Timeline, name: str
     ) -> None:
         """The snapshot counts only the failures still within the window."""
-        await store.record_failure(name, WINDOWED)
-        await store.record_failure(name, WINDOWED)
-        assert (await store.snapshot(name, WINDOWED)).failures == 2
-        await advance(backend, 12)
-        assert (await store.snapshot(name, WINDOWED)).failures == 0
+        windowed = timed(WINDOWED, timeline)
+        await store.record_failure(name, windowed)
+        await store.record_failure(name, windowed)
+        assert (await store.snapshot(name, windowed)).failures == 2
+        await timeline.advance(22)
+        assert (await store.snapshot(name, windowed)).failures == 0
 
     # -- open -----------------------------------------------------------------------------
 
     async def test_open_refuses_with_retry_after(
-        self, store: BreakerStore, backend: Backend, clock: ClockControl, name: str
+        self, store: BreakerStore, timeline: Timeline, name: str
     ) -> None:
         """An open breaker refuses calls and says how long until a probe is let through."""
-        await open_breaker(store, name, CONFIG)
-        decision = await store.acquire(name, CONFIG)
+        config = timed(CONFIG, timeline)
+        await open_breaker(store, name, config)
+        decision = await store.acquire(name, config)
         assert not decision.allowed
         assert decision.permit is None
         assert decision.snapshot.state is OPEN
-        assert decision.snapshot.retry_after is not None
-        assert 5 < decision.snapshot.retry_after <= 10
-        await advance(backend, 4)
-        decision = await store.acquire(name, CONFIG)
+        assert 5 < retry_after(decision, timeline) <= 10 + ROUNDING
+        await timeline.advance(4)
+        decision = await store.acquire(name, config)
         assert not decision.allowed
-        assert decision.snapshot.retry_after is not None
-        assert 1 < decision.snapshot.retry_after <= 6
+        assert 1 < retry_after(decision, timeline) <= 6 + ROUNDING
 
     async def test_after_recovery_the_first_caller_half_opens_it(
-        self, store: BreakerStore, backend: Backend, clock: ClockControl, name: str
+        self, store: BreakerStore, timeline: Timeline, name: str
     ) -> None:
         """After recovery_timeout the first acquire moves it to half-open and gets a permit."""
-        await open_breaker(store, name, CONFIG)
-        await advance(backend, 12)
-        assert (await store.snapshot(name, CONFIG)).state is OPEN
-        decision = await store.acquire(name, CONFIG)
+        config = timed(CONFIG, timeline)
+        await open_breaker(store, name, config)
+        await timeline.advance(12)
+        assert (await store.snapshot(name, config)).state is OPEN
+        decision = await store.acquire(name, config)
         assert decision.allowed
         assert decision.permit is not None
         assert decision.transition is not None
         assert (decision.transition.from_state, decision.transition.to_state) == (OPEN, HALF_OPEN)
         assert decision.snapshot.state is HALF_OPEN
         assert decision.snapshot.permits_in_use == 1
-        second = await store.acquire(name, CONFIG)
+        second = await store.acquire(name, config)
         assert second.allowed
         assert second.transition is None
         assert second.permit not in (None, decision.permit)
@@ -215,48 +242,50 @@ class BreakerContract(BackendTestBase):
     # -- half-open ------------------------------------------------------------------------
 
     async def test_half_open_lets_at_most_max_calls_through(
-        self, store: BreakerStore, backend: Backend, clock: ClockControl, name: str
+        self, store: BreakerStore, timeline: Timeline, name: str
     ) -> None:
         """At most half_open_max_calls permits are out; others are refused with retry_after."""
-        await half_open(store, backend, name, CONFIG)
-        second = await store.acquire(name, CONFIG)
+        config = timed(CONFIG, timeline)
+        await half_open(store, timeline, name, config)
+        second = await store.acquire(name, config)
         assert second.allowed
-        third = await store.acquire(name, CONFIG)
+        third = await store.acquire(name, config)
         assert not third.allowed
         assert third.permit is None
         assert third.snapshot.state is HALF_OPEN
         assert third.snapshot.permits_in_use == 2
-        assert third.snapshot.retry_after is not None
-        assert 0 <= third.snapshot.retry_after <= CONFIG.probe_timeout
+        assert 0 <= retry_after(third, timeline) <= CONFIG.probe_timeout + ROUNDING
 
     async def test_probe_successes_close_it(
-        self, store: BreakerStore, backend: Backend, clock: ClockControl, name: str
+        self, store: BreakerStore, timeline: Timeline, name: str
     ) -> None:
         """success_threshold probe successes close it and forget the failures."""
-        first = await half_open(store, backend, name, CONFIG)
-        second = await store.acquire(name, CONFIG)
-        update = await store.record_success(name, CONFIG, first.permit)
+        config = timed(CONFIG, timeline)
+        first = await half_open(store, timeline, name, config)
+        second = await store.acquire(name, config)
+        update = await store.record_success(name, config, first.permit)
         assert update.transition is None
         assert update.snapshot.state is HALF_OPEN
         assert update.snapshot.successes == 1
-        update = await store.record_success(name, CONFIG, second.permit)
+        update = await store.record_success(name, config, second.permit)
         assert update.transition is not None
         assert (update.transition.from_state, update.transition.to_state) == (HALF_OPEN, CLOSED)
         assert update.snapshot.state is CLOSED
         assert update.snapshot.failures == 0
-        decision = await store.acquire(name, CONFIG)
+        decision = await store.acquire(name, config)
         assert decision.allowed
         assert decision.permit is None
 
     async def test_a_probe_failure_re_opens_it(
-        self, store: BreakerStore, backend: Backend, clock: ClockControl, name: str
+        self, store: BreakerStore, timeline: Timeline, name: str
     ) -> None:
         """Any probe failure re-opens it with a new opened_at; the recovery timeout restarts."""
-        first = await half_open(store, backend, name, CONFIG)
-        opened_before = (await store.snapshot(name, CONFIG)).opened_at
-        second = await store.acquire(name, CONFIG)
-        await store.record_success(name, CONFIG, second.permit)
-        update = await store.record_failure(name, CONFIG, first.permit)
+        config = timed(CONFIG, timeline)
+        first = await half_open(store, timeline, name, config)
+        opened_before = (await store.snapshot(name, config)).opened_at
+        second = await store.acquire(name, config)
+        await store.record_success(name, config, second.permit)
+        update = await store.record_failure(name, config, first.permit)
         assert update.transition is not None
         assert (update.transition.from_state, update.transition.to_state) == (HALF_OPEN, OPEN)
         assert update.snapshot.state is OPEN
@@ -264,63 +293,66 @@ class BreakerContract(BackendTestBase):
         assert opened_before is not None
         assert update.snapshot.opened_at > opened_before
         assert update.snapshot.opened_at == update.transition.at
-        refused = await store.acquire(name, CONFIG)
+        refused = await store.acquire(name, config)
         assert not refused.allowed
-        assert refused.snapshot.retry_after is not None
-        assert refused.snapshot.retry_after > 5
+        assert retry_after(refused, timeline) > 5
 
     async def test_lapsed_permits_free_their_slot_and_are_ignored(
-        self, store: BreakerStore, backend: Backend, clock: ClockControl, name: str
+        self, store: BreakerStore, timeline: Timeline, name: str
     ) -> None:
         """A permit lapses after probe_timeout: its slot frees and its outcome is ignored."""
-        first = await half_open(store, backend, name, CONFIG)
-        second = await store.acquire(name, CONFIG)
-        assert not (await store.acquire(name, CONFIG)).allowed
-        await advance(backend, CONFIG.probe_timeout + 2)
-        assert (await store.snapshot(name, CONFIG)).permits_in_use == 0
-        third = await store.acquire(name, CONFIG)
+        config = timed(CONFIG, timeline)
+        first = await half_open(store, timeline, name, config)
+        second = await store.acquire(name, config)
+        assert not (await store.acquire(name, config)).allowed
+        await timeline.advance(CONFIG.probe_timeout + 2)
+        assert (await store.snapshot(name, config)).permits_in_use == 0
+        third = await store.acquire(name, config)
         assert third.allowed
         assert third.permit is not None
         for permit in (first.permit, second.permit):
-            success = await store.record_success(name, CONFIG, permit)
+            success = await store.record_success(name, config, permit)
             assert success.transition is None
             assert success.snapshot.successes == 0
-            failure = await store.record_failure(name, CONFIG, permit)
+            failure = await store.record_failure(name, config, permit)
             assert failure.transition is None
             assert failure.snapshot.state is HALF_OPEN
 
     async def test_unknown_and_missing_permits_are_ignored_half_open(
-        self, store: BreakerStore, backend: Backend, clock: ClockControl, name: str
+        self, store: BreakerStore, timeline: Timeline, name: str
     ) -> None:
         """Half-open, outcomes with an unknown permit or none change nothing."""
-        await half_open(store, backend, name, CONFIG)
+        config = timed(CONFIG, timeline)
+        await half_open(store, timeline, name, config)
         for permit in (None, "not-a-permit", uuid.uuid4().hex):
-            success = await store.record_success(name, CONFIG, permit)
-            failure = await store.record_failure(name, CONFIG, permit)
+            success = await store.record_success(name, config, permit)
+            failure = await store.record_failure(name, config, permit)
             assert (success.transition, failure.transition) == (None, None)
             assert failure.snapshot.state is HALF_OPEN
             assert failure.snapshot.successes == 0
             assert failure.snapshot.permits_in_use == 1
 
     async def test_a_permit_of_an_earlier_half_open_period_is_ignored(
-        self, store: BreakerStore, backend: Backend, clock: ClockControl, name: str
+        self, store: BreakerStore, timeline: Timeline, name: str
     ) -> None:
         """Permits do not survive a re-open: an old permit's success is ignored later."""
-        first = await half_open(store, backend, name, CONFIG)
-        second = await store.acquire(name, CONFIG)
-        await store.record_failure(name, CONFIG, second.permit)
-        await advance(backend, CONFIG.recovery_timeout + 2)
-        assert (await store.acquire(name, CONFIG)).allowed
-        update = await store.record_success(name, CONFIG, first.permit)
+        config = timed(CONFIG.model_copy(update={"probe_timeout": 60.0}), timeline)
+        first = await half_open(store, timeline, name, config)
+        second = await store.acquire(name, config)
+        await store.record_failure(name, config, second.permit)
+        await timeline.advance(CONFIG.recovery_timeout + 2)  # first's lease has not lapsed
+        assert (await store.acquire(name, config)).allowed
+        update = await store.record_success(name, config, first.permit)
         assert update.snapshot.successes == 0
         assert update.snapshot.state is HALF_OPEN
 
     async def test_a_late_probe_outcome_after_closing_is_ignored(
-        self, store: BreakerStore, backend: Backend, clock: ClockControl, name: str
+        self, store: BreakerStore, timeline: Timeline, name: str
     ) -> None:
         """Once closed, a permit from the half-open period no longer counts as a failure."""
         config = CONFIG.model_copy(update={"success_threshold": 1, "failure_threshold": 1})
-        first = await half_open(store, backend, name, config)
+        config = timed(config, timeline)
+        first = await half_open(store, timeline, name, config)
         second = await store.acquire(name, config)
         await store.record_success(name, config, first.permit)
         update = await store.record_failure(name, config, second.permit)
@@ -330,24 +362,25 @@ class BreakerContract(BackendTestBase):
     # -- reset and the index --------------------------------------------------------------
 
     async def test_reset_closes_from_any_state(
-        self, store: BreakerStore, backend: Backend, clock: ClockControl, name: str
+        self, store: BreakerStore, timeline: Timeline, name: str
     ) -> None:
         """reset() closes an open or half-open breaker (a transition) and a closed one (none)."""
-        await store.record_failure(name, CONFIG)
+        config = timed(CONFIG, timeline)
+        await store.record_failure(name, config)
         update = await store.reset(name)
         assert update.transition is None
         assert update.snapshot.state is CLOSED
-        assert (await store.snapshot(name, CONFIG)).failures == 0
-        await open_breaker(store, name, CONFIG)
+        assert (await store.snapshot(name, config)).failures == 0
+        await open_breaker(store, name, config)
         update = await store.reset(name)
         assert update.transition is not None
         assert (update.transition.from_state, update.transition.to_state) == (OPEN, CLOSED)
-        assert (await store.acquire(name, CONFIG)).allowed
-        await half_open(store, backend, name, CONFIG)
+        assert (await store.acquire(name, config)).allowed
+        await half_open(store, timeline, name, config)
         update = await store.reset(name)
         assert update.transition is not None
         assert update.transition.from_state is HALF_OPEN
-        snapshot = await store.snapshot(name, CONFIG)
+        snapshot = await store.snapshot(name, config)
         assert (snapshot.state, snapshot.failures, snapshot.permits_in_use) == (CLOSED, 0, 0)
 
     async def test_breakers_lists_every_name_used_sorted(self, store: BreakerStore) -> None:
@@ -390,12 +423,14 @@ class BreakerContract(BackendTestBase):
     async def test_half_open_permits_are_shared_by_two_clients(self, name: str) -> None:
         """Many concurrent callers through two clients get at most half_open_max_calls permits."""
         async with two_clients(self.target_url) as (first, second):
-            await open_breaker(first.breakers, name, CONFIG)
-            await advance(first, CONFIG.recovery_timeout + 2)
+            timeline = self.timeline_for(first)
+            config = timed(CONFIG, timeline)
+            await open_breaker(first.breakers, name, config)
+            await timeline.advance(CONFIG.recovery_timeout + 2)
             decisions: list[BreakerDecision] = []
 
             async def caller(store: BreakerStore) -> None:
-                decisions.append(await store.acquire(name, CONFIG))
+                decisions.append(await store.acquire(name, config))
 
             async with anyio.create_task_group() as tg:
                 for _ in range(5):
@@ -406,8 +441,8 @@ class BreakerContract(BackendTestBase):
             assert len({d.permit for d in allowed}) == CONFIG.half_open_max_calls
             assert sum(d.transition is not None for d in decisions) == 1
             closing = [
-                await first.breakers.record_success(name, CONFIG, allowed[0].permit),
-                await second.breakers.record_success(name, CONFIG, allowed[1].permit),
+                await first.breakers.record_success(name, config, allowed[0].permit),
+                await second.breakers.record_success(name, config, allowed[1].permit),
             ]
             assert [u.transition is not None for u in closing] == [False, True]
-            assert (await first.breakers.snapshot(name, CONFIG)).state is CLOSED
+            assert (await first.breakers.snapshot(name, config)).state is CLOSED

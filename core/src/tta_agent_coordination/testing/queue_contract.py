@@ -1,8 +1,11 @@
 """The queue contract: backend-agnostic tests of the ``QueueStore`` clauses of the contract.
 
-Subclass :class:`QueueContract` and set ``url``. Tests of time move the backend's clock with
-``advance()`` and leave margins (visibility 10 s, advance 11 s), so they also pass on a clock
-that flows in real time. Tests of concurrency race real tasks; nothing sleeps to hide a race.
+Subclass :class:`QueueContract` and set ``url``. Tests of time take the ``timeline`` fixture
+(:class:`~.base.Timeline`): every duration they give the backend goes through ``timeline.d()``
+and time passes with ``timeline.advance()``, which moves the clock of a backend with
+``clock_control`` and sleeps scaled real time on one without. Deadlines are 10 test seconds or
+more, checked at least 1 after (visibility 10 s, advance 11 s) or 8 before, so order and counts
+are asserted, never latency. Tests of concurrency race real tasks; nothing sleeps to hide a race.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ from ..errors import (
 from ..models import AgentId, AgentMessage, DeadLetterReason, Delivery, EnqueueRequest
 from ..plugins import connect
 from ..protocols import Backend, ClockControl, QueueStore
-from .base import BackendTestBase, advance
+from .base import BackendTestBase, Timeline
 
 __all__ = ["QueueContract"]
+
+#: Bounds every wait of a test in real seconds: a hang fails instead of blocking the run.
+DEADLINE = 10.0
 
 SENDER = AgentId("contract", "sender")
 QUEUE = AgentId("contract", "q1")
@@ -168,51 +174,51 @@ class QueueContract(BackendTestBase):
         assert len({d.receipt for d in first + second}) == 5
 
     async def test_delay_hides_an_entry_until_due(
-        self, backend: Backend, clock: ClockControl
+        self, backend: Backend, timeline: Timeline
     ) -> None:
         """Delay hides an entry until due."""
         store = backend.queue
-        delayed = await store.enqueue(message(), delay=10)
+        delayed = await store.enqueue(message(), delay=timeline.d(10))
         assert await store.reserve(QUEUE, visibility_timeout=10) == []
         stats = await store.stats(QUEUE)
         assert (stats.ready, stats.delayed) == (0, 1)
-        await advance(backend, 11)
+        await timeline.advance(11)
         assert (await reserve_one(store)).entry_id == delayed
 
     async def test_order_within_priority_is_by_due_time(
-        self, backend: Backend, clock: ClockControl
+        self, backend: Backend, timeline: Timeline
     ) -> None:
         """Order within priority is by due time."""
         store = backend.queue
-        late = await store.enqueue(message(), delay=10)
+        late = await store.enqueue(message(), delay=timeline.d(10))
         now = await store.enqueue(message())
-        await advance(backend, 11)
+        await timeline.advance(11)
         after = await store.enqueue(message())
         assert await drain_ids(store) == [now, late, after]
 
     async def test_reclaimed_entry_orders_by_its_deadline(
-        self, backend: Backend, clock: ClockControl
+        self, backend: Backend, timeline: Timeline
     ) -> None:
         """Reclaimed entry orders by its deadline."""
         store = backend.queue
         first = await store.enqueue(message())
-        await reserve_one(store, vt=10)
-        await advance(backend, 11)
+        await reserve_one(store, vt=timeline.d(10))
+        await timeline.advance(11)
         later = await store.enqueue(message())
         assert await drain_ids(store) == [first, later]
 
     # -- visibility, receipts and attempts ----------------------------------------------------
 
     async def test_reserved_entry_is_invisible_then_reclaimed_without_a_sweeper(
-        self, backend: Backend, clock: ClockControl
+        self, backend: Backend, timeline: Timeline
     ) -> None:
         """Reserved entry is invisible then reclaimed without a sweeper."""
         store = backend.queue
         entry_id = await store.enqueue(message())
-        first = await reserve_one(store, vt=10)
+        first = await reserve_one(store, vt=timeline.d(10))
         assert await store.reserve(QUEUE, visibility_timeout=10) == []
         assert (await store.stats(QUEUE)).reserved == 1
-        await advance(backend, 11)
+        await timeline.advance(11)
         second = await reserve_one(store)
         assert second.entry_id == entry_id
         assert second.attempt == 2
@@ -258,7 +264,7 @@ class QueueContract(BackendTestBase):
                 await store.release(bad)
 
     async def test_attempts_count_nacks_and_expiries_not_releases(
-        self, backend: Backend, clock: ClockControl
+        self, backend: Backend, timeline: Timeline
     ) -> None:
         """Attempts count nacks and expiries not releases."""
         store = backend.queue
@@ -269,36 +275,36 @@ class QueueContract(BackendTestBase):
         d2 = await reserve_one(store)
         assert d2.attempt == 1
         assert await store.nack(d2.receipt, error="boom")
-        d3 = await reserve_one(store, vt=10)
+        d3 = await reserve_one(store, vt=timeline.d(10))
         assert d3.attempt == 2
         assert d3.last_error == "boom"
-        await advance(backend, 11)
+        await timeline.advance(11)
         d4 = await reserve_one(store)
         assert d4.attempt == 3
         assert await store.release(d4.receipt)
         assert (await reserve_one(store)).attempt == 3
 
     async def test_nack_delay_makes_it_due_later(
-        self, backend: Backend, clock: ClockControl
+        self, backend: Backend, timeline: Timeline
     ) -> None:
         """Nack delay makes it due later."""
         store = backend.queue
         await store.enqueue(message())
         delivery = await reserve_one(store)
-        assert await store.nack(delivery.receipt, delay=10)
+        assert await store.nack(delivery.receipt, delay=timeline.d(10))
         assert await store.reserve(QUEUE, visibility_timeout=10) == []
         assert (await store.stats(QUEUE)).delayed == 1
-        await advance(backend, 11)
+        await timeline.advance(11)
         assert (await reserve_one(store)).attempt == 2
 
-    async def test_extend_keeps_it_reserved(self, backend: Backend, clock: ClockControl) -> None:
+    async def test_extend_keeps_it_reserved(self, backend: Backend, timeline: Timeline) -> None:
         """Extend keeps it reserved."""
         store = backend.queue
         await store.enqueue(message())
-        delivery = await reserve_one(store, vt=10)
-        await advance(backend, 6)
-        assert await store.extend(delivery.receipt, visibility_timeout=10)
-        await advance(backend, 6)
+        delivery = await reserve_one(store, vt=timeline.d(10))
+        await timeline.advance(5)
+        assert await store.extend(delivery.receipt, visibility_timeout=timeline.d(20))
+        await timeline.advance(10)  # 5 past the first deadline, 10 before the extended one
         assert await store.reserve(QUEUE, visibility_timeout=10) == []
         assert await store.ack(delivery.receipt) is True
 
@@ -322,13 +328,13 @@ class QueueContract(BackendTestBase):
         assert (await store.stats(QUEUE)).live == 0
 
     async def test_max_attempts_by_expired_reservation_dead_letters(
-        self, backend: Backend, clock: ClockControl
+        self, backend: Backend, timeline: Timeline
     ) -> None:
         """Max attempts by expired reservation dead letters."""
         store = backend.queue
         entry_id = await store.enqueue(message(), max_attempts=1)
-        await reserve_one(store, vt=10)
-        await advance(backend, 11)
+        await reserve_one(store, vt=timeline.d(10))
+        await timeline.advance(11)
         assert await store.reserve(QUEUE, visibility_timeout=10) == []
         dead = await store.get_dead_letter(QUEUE, entry_id)
         assert dead is not None
@@ -353,13 +359,13 @@ class QueueContract(BackendTestBase):
     # -- ttl ----------------------------------------------------------------------------------
 
     async def test_expired_message_is_never_delivered(
-        self, backend: Backend, clock: ClockControl
+        self, backend: Backend, timeline: Timeline
     ) -> None:
         """Expired message is never delivered."""
         store = backend.queue
-        entry_id = await store.enqueue(message(ttl=10))
-        keep = await store.enqueue(message(ttl=100))
-        await advance(backend, 11)
+        entry_id = await store.enqueue(message(ttl=timeline.d(10)))
+        keep = await store.enqueue(message(ttl=timeline.d(100)))
+        await timeline.advance(11)
         stats = await store.stats(QUEUE)
         assert (stats.ready, stats.dead) == (1, 1)
         assert (await reserve_one(store)).entry_id == keep
@@ -368,14 +374,14 @@ class QueueContract(BackendTestBase):
         assert dead.reason == DeadLetterReason.EXPIRED
 
     async def test_expired_while_delayed_or_reserved(
-        self, backend: Backend, clock: ClockControl
+        self, backend: Backend, timeline: Timeline
     ) -> None:
         """Expired while delayed or reserved."""
         store = backend.queue
-        delayed = await store.enqueue(message(ttl=10), delay=20)
-        reserved = await store.enqueue(message(ttl=10))
-        delivery = await reserve_one(store, vt=30)
-        await advance(backend, 11)
+        delayed = await store.enqueue(message(ttl=timeline.d(10)), delay=timeline.d(20))
+        reserved = await store.enqueue(message(ttl=timeline.d(10)))
+        delivery = await reserve_one(store, vt=timeline.d(30))
+        await timeline.advance(11)
         assert await store.release(delivery.receipt)
         assert await store.reserve(QUEUE, visibility_timeout=10) == []
         assert await store.dead_letter_count(QUEUE) == 2
@@ -409,14 +415,14 @@ class QueueContract(BackendTestBase):
         assert await store.dead_letter(delivery.receipt, reason="x")
         assert await store.enqueue(message(), dedup_key="k") != first
 
-    async def test_dedup_window_after_settling(self, clock: ClockControl) -> None:
+    async def test_dedup_window_after_settling(self, timeline: Timeline) -> None:
         """Dedup window after settling."""
-        async with self.connect_with(dedup_window=10) as backend:
+        async with self.connect_with(dedup_window=timeline.d(10)) as backend:
             store = backend.queue
             first = await store.enqueue(message(), dedup_key="k")
             assert await store.ack((await reserve_one(store)).receipt)
             assert await store.enqueue(message(), dedup_key="k") == first
-            await advance(backend, 11)
+            await self.timeline_for(backend).advance(11)
             assert await store.enqueue(message(), dedup_key="k") != first
 
     async def test_repeated_entry_id_writes_nothing(self, backend: Backend) -> None:
@@ -441,15 +447,15 @@ class QueueContract(BackendTestBase):
         assert await store.enqueue(message(), entry_id="e-2") == "e-2"
         assert (await store.stats(QUEUE)).live == 0
 
-    async def test_entry_id_retention_ends(self, clock: ClockControl) -> None:
+    async def test_entry_id_retention_ends(self, timeline: Timeline) -> None:
         """Entry id retention ends."""
-        async with self.connect_with(entry_id_retention=10) as backend:
+        async with self.connect_with(entry_id_retention=timeline.d(10)) as backend:
             store = backend.queue
             await store.enqueue(message(), entry_id="e-3")
             assert await store.ack((await reserve_one(store)).receipt)
             assert await store.enqueue(message(), entry_id="e-3") == "e-3"
             assert (await store.stats(QUEUE)).live == 0
-            await advance(backend, 11)
+            await self.timeline_for(backend).advance(11)
             assert await store.enqueue(message(), entry_id="e-3") == "e-3"
             assert (await store.stats(QUEUE)).live == 1
 
@@ -539,19 +545,19 @@ class QueueContract(BackendTestBase):
             page = await store.dead_letters(QUEUE)
             assert [d.entry_id for d in page.items] == ids[2:]
 
-    async def test_dead_letter_retention_by_age(self, clock: ClockControl) -> None:
+    async def test_dead_letter_retention_by_age(self, timeline: Timeline) -> None:
         """Dead letter retention by age."""
-        async with self.connect_with(dead_letter_max_age=10) as backend:
+        async with self.connect_with(dead_letter_max_age=timeline.d(10)) as backend:
             store = backend.queue
             await self._kill(store, 2)
-            await advance(backend, 11)
+            await self.timeline_for(backend).advance(11)
             kept = await self._kill(store, 1)
             assert await store.dead_letter_count(QUEUE) == 1
             assert [d.entry_id for d in (await store.dead_letters(QUEUE)).items] == kept
 
     # -- stats, index, drop -------------------------------------------------------------------
 
-    async def test_stats_counts_each_state(self, backend: Backend, clock: ClockControl) -> None:
+    async def test_stats_counts_each_state(self, backend: Backend) -> None:
         """Stats counts each state."""
         store = backend.queue
         await store.enqueue(message())
@@ -600,18 +606,18 @@ class QueueContract(BackendTestBase):
         assert await store.drop_queue(QUEUE) == 0
 
     async def test_reclaim_counts_expired_reservations(
-        self, backend: Backend, clock: ClockControl
+        self, backend: Backend, timeline: Timeline
     ) -> None:
         """Reclaim requeues expired reservations (dead-letters the exhausted) and counts them."""
         store = backend.queue
         assert await store.reclaim(QUEUE) == 0  # no such queue
         kept = await store.enqueue(message())
         exhausted = await store.enqueue(message(), max_attempts=1)
-        first = await store.reserve(QUEUE, visibility_timeout=10, max_messages=2)
+        first = await store.reserve(QUEUE, visibility_timeout=timeline.d(10), max_messages=2)
         assert {d.entry_id for d in first} == {kept, exhausted}
         await store.enqueue(message())  # ready, not reserved: not counted
         assert await store.reclaim(QUEUE) == 0  # nothing expired yet
-        await advance(backend, 11)
+        await timeline.advance(11)
         assert await store.reclaim(QUEUE) == 2
         assert await store.reclaim(QUEUE) == 0
         stats = await store.stats(QUEUE)
@@ -619,30 +625,30 @@ class QueueContract(BackendTestBase):
         assert await store.ack_many([d.receipt for d in first]) == [False, False]
 
     async def test_queue_ttl_drops_an_idle_queue(
-        self, backend: Backend, clock: ClockControl
+        self, backend: Backend, timeline: Timeline
     ) -> None:
         """A queue with a ttl is dropped once idle that long; enqueue and reserve keep it."""
         store = backend.queue
-        await store.set_queue_ttl(QUEUE, 30)
+        await store.set_queue_ttl(QUEUE, timeline.d(20))
         assert await store.queues() == [QUEUE]  # created by set_queue_ttl
         await store.enqueue(message())
-        await advance(backend, 20)
+        await timeline.advance(10)
         assert await store.reserve(QUEUE, visibility_timeout=10) != []  # used: ttl restarts
-        await advance(backend, 20)
+        await timeline.advance(10)  # 10 s idle
         assert await store.queues() == [QUEUE]
-        await advance(backend, 20)  # 40 s idle
+        await timeline.advance(12)  # 22 s idle
         assert await store.queues() == []
         assert (await store.stats(QUEUE)).live == 0
         await store.enqueue(message())  # a later enqueue makes a new queue, without a ttl
-        await advance(backend, 100)
+        await timeline.advance(30)
         assert await store.queues() == [QUEUE]
 
-    async def test_queue_ttl_none_keeps_it(self, backend: Backend, clock: ClockControl) -> None:
+    async def test_queue_ttl_none_keeps_it(self, backend: Backend, timeline: Timeline) -> None:
         """``set_queue_ttl(queue, None)`` removes the ttl; bad ttls are rejected."""
         store = backend.queue
-        await store.set_queue_ttl(QUEUE, 30)
+        await store.set_queue_ttl(QUEUE, timeline.d(10))
         await store.set_queue_ttl(QUEUE, None)
-        await advance(backend, 100)
+        await timeline.advance(20)
         assert await store.queues() == [QUEUE]
         for bad in (0, -1, float("nan"), "10"):
             with pytest.raises(ValidationError):
@@ -788,10 +794,30 @@ class QueueContract(BackendTestBase):
                 sent.append(await store.enqueue(message()))
         assert [d.entry_id for d in got] == sent
 
-    async def test_wait_is_woken_by_the_clock(self, backend: Backend, clock: ClockControl) -> None:
-        """Wait is woken by the clock."""
+    async def test_wait_is_woken_by_the_clock(self, backend: Backend, timeline: Timeline) -> None:
+        """A waiting reserve gets an entry whose delay ends while it waits."""
+        store = backend.queue
+        entry_id = await store.enqueue(message(), delay=timeline.d(10))
+        got: list[Delivery] = []
+
+        async def consumer() -> None:
+            got.extend(await store.reserve(QUEUE, visibility_timeout=10, wait=DEADLINE / 2))
+
+        with anyio.fail_after(DEADLINE):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(consumer)
+                await anyio.wait_all_tasks_blocked()
+                assert got == []
+                await timeline.advance(11)
+        assert [d.entry_id for d in got] == [entry_id]
+
+    async def test_clock_control_advance_wakes_a_waiting_reserve(
+        self, backend: Backend, clock: ClockControl
+    ) -> None:
+        """clock_control only: an advance of 1000 s moves the clock and wakes a waiting reserve."""
         store = backend.queue
         entry_id = await store.enqueue(message(), delay=1000)
+        before = await clock.now()
         got: list[Delivery] = []
 
         async def consumer() -> None:
@@ -802,8 +828,9 @@ class QueueContract(BackendTestBase):
                 tg.start_soon(consumer)
                 await anyio.wait_all_tasks_blocked()
                 assert got == []
-                await advance(backend, 1001)
+                await clock.advance(1001)
         assert [d.entry_id for d in got] == [entry_id]
+        assert await clock.now() - before >= 1000
 
     async def test_wait_is_woken_by_release(self, backend: Backend) -> None:
         """Wait is woken by release."""

@@ -5,8 +5,10 @@ Subclass :class:`RegistryContract` and set ``url`` to run it against a backend::
     class TestAcmeRegistry(RegistryContract):
         url = "acme://localhost"
 
-Tests of time move the backend's clock with :func:`~.base.advance` and keep margins of
-seconds, so a clock that also flows in real time passes them. Tests that need two clients of one
+Tests of time take the ``timeline`` fixture (:class:`~.base.Timeline`): ttls go through
+``timeline.d()`` and time passes with ``timeline.advance()`` (the backend's clock with
+``clock_control``, scaled real time without). A ttl of 10 is checked at least 2 after it or 8
+before it, so order and counts are asserted, never latency. Tests that need two clients of one
 store connect a second backend to the same URL and namespace (:func:`two_clients`); a private
 ``memory://`` store is given a name for them.
 """
@@ -40,9 +42,9 @@ from tta_agent_coordination.models import (
     RegistryEventKind,
 )
 from tta_agent_coordination.plugins import connect
-from tta_agent_coordination.protocols import Backend, ClockControl, RegistryStore
+from tta_agent_coordination.protocols import Backend, RegistryStore
 
-from .base import BackendTestBase, advance
+from .base import BackendTestBase, Timeline
 
 __all__ = ["RegistryContract", "fresh_backend", "two_clients"]
 
@@ -80,18 +82,13 @@ async def fresh_backend(url: str, **options: Any) -> AsyncGenerator[Backend, Non
 
 @asynccontextmanager
 async def two_clients(url: str, **options: Any) -> AsyncGenerator[tuple[Backend, Backend], None]:
-    """Two backends connected to one store and one fresh namespace, as two processes would be.
-
-    Skips the test if the backend lacks ``clock_control`` (the shared tests move the clock).
-    """
+    """Two backends connected to one store and one fresh namespace, as two processes would be."""
     url = _shareable(url)
     namespace = f"t{uuid.uuid4().hex[:16]}"
     async with AsyncExitStack() as stack:
         first = await stack.enter_async_context(connect(url, namespace=namespace, **options))
         second = await stack.enter_async_context(connect(url, namespace=namespace, **options))
         stack.push_async_callback(first.drop_namespace)
-        if "clock_control" not in first.capabilities:
-            pytest.skip(f"{url} does not declare the clock_control capability")
         yield first, second
 
 
@@ -295,39 +292,43 @@ class RegistryContract(BackendTestBase):
         assert events[1].agent.available is False
 
     async def test_liveness_ends_after_the_ttl(
-        self, registry: RegistryStore, backend: Backend, clock: ClockControl
+        self, registry: RegistryStore, timeline: Timeline
     ) -> None:
         """An agent not heartbeating within its ttl is absent from get, list and discover."""
-        await registry.register(ALPHA, capabilities=[SUMMARISE_1], ttl=10)
-        await registry.register(BETA, capabilities=[SUMMARISE_1], ttl=100)
-        await advance(backend, 5)
+        await registry.register(ALPHA, capabilities=[SUMMARISE_1], ttl=timeline.d(10))
+        await registry.register(BETA, capabilities=[SUMMARISE_1], ttl=timeline.d(100))
+        await timeline.advance(2)
         assert await registry.get(ALPHA) is not None
-        await advance(backend, 7)
+        await timeline.advance(10)
         assert await registry.get(ALPHA) is None
         assert [i.agent_id for i in await registry.list()] == [BETA]
         assert [i.agent_id for i in await registry.list(capability="summarise")] == [BETA]
         assert [i.agent_id for i in await registry.discover(CapabilityQuery("summarise"))] == [BETA]
 
     async def test_heartbeats_extend_liveness_by_the_ttl(
-        self, registry: RegistryStore, backend: Backend, clock: ClockControl
+        self, registry: RegistryStore, timeline: Timeline
     ) -> None:
         """Each heartbeat keeps the agent live for another ttl from the heartbeat."""
-        token = await registry.register(ALPHA, ttl=10)
-        for _ in range(3):
-            await advance(backend, 6)
+        cursor = (await registry.read_events()).next_cursor
+        token = await registry.register(ALPHA, ttl=timeline.d(20))
+        for _ in range(3):  # 36 s in all, each heartbeat 12 s after the last
+            await timeline.advance(12)
             info = await registry.heartbeat(ALPHA, token)
             assert info.expires_at > info.last_heartbeat
         assert await registry.get(ALPHA) is not None
-        await advance(backend, 12)
+        assert EXPIRED not in kinds(await all_events(registry, cursor or "0"))
+        await timeline.advance(22)
         assert await registry.get(ALPHA) is None
 
     async def test_heartbeat_after_expiry_re_registers(
-        self, registry: RegistryStore, backend: Backend, clock: ClockControl
+        self, registry: RegistryStore, timeline: Timeline
     ) -> None:
         """A heartbeat with the expired session's token re-registers: expired, then registered."""
         cursor = (await registry.read_events()).next_cursor
-        token = await registry.register(ALPHA, capabilities=[TRANSLATE], ttl=10, metadata={"a": 1})
-        await advance(backend, 12)
+        token = await registry.register(
+            ALPHA, capabilities=[TRANSLATE], ttl=timeline.d(10), metadata={"a": 1}
+        )
+        await timeline.advance(12)
         info = await registry.heartbeat(ALPHA, token, load=0.3)
         assert info.load == 0.3
         assert info.capabilities == (TRANSLATE,)
@@ -344,23 +345,23 @@ class RegistryContract(BackendTestBase):
         assert await registry.deregister(ALPHA, token) is True
 
     async def test_register_over_an_expired_session_needs_no_replace(
-        self, registry: RegistryStore, backend: Backend, clock: ClockControl
+        self, registry: RegistryStore, timeline: Timeline
     ) -> None:
         """An expired id can be registered again; the expired session then conflicts."""
-        old = await registry.register(ALPHA, ttl=10)
-        await advance(backend, 12)
-        new = await registry.register(ALPHA, ttl=10)
+        old = await registry.register(ALPHA, ttl=timeline.d(10))
+        await timeline.advance(12)
+        new = await registry.register(ALPHA, ttl=timeline.d(10))
         with pytest.raises(AgentConflictError):
             await registry.heartbeat(ALPHA, old)
         await registry.heartbeat(ALPHA, new)
 
     async def test_expired_is_emitted_exactly_once(
-        self, registry: RegistryStore, backend: Backend, clock: ClockControl
+        self, registry: RegistryStore, timeline: Timeline
     ) -> None:
         """Many operations after expiry emit one expired event; sweep counts it once."""
         cursor = (await registry.read_events()).next_cursor
-        await registry.register(ALPHA, ttl=10)
-        await advance(backend, 12)
+        await registry.register(ALPHA, ttl=timeline.d(10))
+        await timeline.advance(12)
         swept = await registry.sweep()
         swept += await registry.sweep()
         assert swept <= 1
@@ -371,27 +372,27 @@ class RegistryContract(BackendTestBase):
         assert kinds(events, ALPHA) == [REGISTERED, EXPIRED]
 
     async def test_expiry_is_detected_by_any_operation(
-        self, registry: RegistryStore, backend: Backend, clock: ClockControl
+        self, registry: RegistryStore, timeline: Timeline
     ) -> None:
         """After the ttl, an operation on another agent emits the expired event (no listing)."""
-        await registry.register(ALPHA, ttl=10)
-        await registry.register(BETA, ttl=100)
+        await registry.register(ALPHA, ttl=timeline.d(10))
+        await registry.register(BETA, ttl=timeline.d(100))
         cursor = (await registry.read_events()).next_cursor
-        await advance(backend, 12)
+        await timeline.advance(12)
         await registry.get(BETA)
         page = await registry.read_events(after=cursor)
         assert kinds(page.items) == [EXPIRED]
         assert page.items[0].agent_id == ALPHA
 
     async def test_sweep_reports_the_expired_agents(
-        self, registry: RegistryStore, backend: Backend, clock: ClockControl
+        self, registry: RegistryStore, timeline: Timeline
     ) -> None:
         """sweep() detects expiries itself and returns how many it found."""
         cursor = (await registry.read_events()).next_cursor
-        await registry.register(ALPHA, ttl=10)
-        await registry.register(BETA, ttl=10)
-        await registry.register(GAMMA, ttl=100)
-        await advance(backend, 12)
+        await registry.register(ALPHA, ttl=timeline.d(10))
+        await registry.register(BETA, ttl=timeline.d(10))
+        await registry.register(GAMMA, ttl=timeline.d(100))
+        await timeline.advance(12)
         await registry.sweep()
         await registry.sweep()
         events = (await registry.read_events(after=cursor)).items
@@ -400,10 +401,11 @@ class RegistryContract(BackendTestBase):
     async def test_expired_once_across_two_clients(self) -> None:
         """Two clients of one store racing to detect an expiry emit one expired event."""
         async with two_clients(self.target_url) as (first, second):
-            await first.registry.register(ALPHA, ttl=10)
-            await second.registry.register(BETA, ttl=10)
+            timeline = self.timeline_for(first)
+            await first.registry.register(ALPHA, ttl=timeline.d(10))
+            await second.registry.register(BETA, ttl=timeline.d(10))
             cursor = (await first.registry.read_events()).next_cursor
-            await advance(first, 12)
+            await timeline.advance(12)
             async with anyio.create_task_group() as tg:
                 for client in (first, second, first, second):
                     tg.start_soon(client.registry.sweep)
@@ -682,10 +684,10 @@ class RegistryContract(BackendTestBase):
         assert page.next_cursor == cursor
 
     async def test_wait_sees_an_expiry_detected_meanwhile(
-        self, registry: RegistryStore, backend: Backend, clock: ClockControl
+        self, registry: RegistryStore, timeline: Timeline
     ) -> None:
         """A waiting reader is woken by the expired event of an agent past its ttl."""
-        await registry.register(ALPHA, ttl=10)
+        await registry.register(ALPHA, ttl=timeline.d(10))
         cursor = (await registry.read_events()).next_cursor
         pages: list[list[RegistryEvent]] = []
 
@@ -697,7 +699,7 @@ class RegistryContract(BackendTestBase):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(reader)
                 await anyio.lowlevel.checkpoint()
-                await advance(backend, 12)
+                await timeline.advance(12)
                 await registry.sweep()
         assert [[(e.kind, e.agent_id) for e in items] for items in pages] == [[(EXPIRED, ALPHA)]]
 
