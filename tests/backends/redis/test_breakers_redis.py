@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import anyio
 import pytest
+from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from redis_helpers import REDIS_URL
@@ -24,6 +25,7 @@ from tta_agent_coordination.models import (
     CircuitBreakerConfig,
 )
 from tta_agent_coordination.plugins import connect
+from tta_agent_coordination.settings import BackendOptions
 from tta_agent_coordination_redis.backend import RedisBackend
 from tta_agent_coordination_redis.keys import LAYOUT_VERSION
 
@@ -252,3 +254,24 @@ async def test_a_retried_acquire_gets_its_permit_back(backend: RedisBackend, nam
     snapshot = await store.snapshot(name, CONFIG)
     assert snapshot.permits_in_use == 1
     assert (await store.record_success(name, CONFIG, "fixed-permit")).snapshot.successes == 1
+
+
+async def test_a_client_that_decodes_responses_works_too(namespace: str, name: str) -> None:
+    """A wrapped redis-py client with decode_responses=True (common in user code) still works."""
+    client = Redis.from_url(REDIS_URL, decode_responses=True)
+    backend = RedisBackend(client, BackendOptions(namespace=namespace))
+    try:
+        store = backend.breakers
+        updates = [await store.record_failure(name, CONFIG) for _ in range(5)]
+        update = updates[-1]
+        assert update.transition is not None
+        assert update.snapshot.state is OPEN
+        await backend.clock.advance(CONFIG.recovery_timeout + 1)
+        decision = await store.acquire(name, CONFIG)
+        assert decision.allowed
+        assert decision.permit is not None
+        assert decision.snapshot.state is HALF_OPEN
+        assert await store.breakers() == [name]
+    finally:
+        await backend.drop_namespace()
+        await client.aclose()

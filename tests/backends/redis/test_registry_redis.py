@@ -38,6 +38,7 @@ from tta_agent_coordination.models import (
     RegistryEventKind,
 )
 from tta_agent_coordination.plugins import connect
+from tta_agent_coordination.settings import BackendOptions
 from tta_agent_coordination_redis.backend import RedisBackend
 from tta_agent_coordination_redis.keys import LAYOUT_VERSION
 
@@ -466,3 +467,25 @@ async def test_discovery_costs_follow_the_holders(private_url: str, namespace: s
         assert len(listed) == 3
         assert changed.get("hmget") == 3, changed
         await backend.drop_namespace()
+
+
+async def test_a_client_that_decodes_responses_works_too(namespace: str) -> None:
+    """A wrapped redis-py client with decode_responses=True (common in user code) still works."""
+    client = Redis.from_url(REDIS_URL, decode_responses=True)
+    backend = RedisBackend(client, BackendOptions(namespace=namespace))
+    try:
+        registry = backend.registry
+        cursor = (await registry.read_events()).next_cursor
+        token = await registry.register(AgentId("w", "alpha"), capabilities=[SUMMARISE])
+        with pytest.raises(AgentConflictError):
+            await registry.register(AgentId("w", "alpha"))
+        info = await registry.heartbeat(AgentId("w", "alpha"), token, load=0.5)
+        assert (info.load, info.available) == (0.5, True)
+        found = await registry.discover(CapabilityQuery("summarise"))
+        assert [i.agent_id for i in found] == [AgentId("w", "alpha")]
+        events = (await registry.read_events(after=cursor)).items
+        assert [e.kind for e in events] == [REGISTERED, UPDATED]
+        assert await registry.deregister(AgentId("w", "alpha"), token) is True
+    finally:
+        await backend.drop_namespace()
+        await client.aclose()

@@ -45,10 +45,15 @@ if TYPE_CHECKING:
 __all__ = ["RedisBreakerStore"]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_STATES: Final = {state.value.encode(): state for state in BreakerState}
+_STATES: Final = {state.value: state for state in BreakerState}
 
 
-def _dt(microseconds: bytes) -> datetime | None:
+def _text(value: bytes | str) -> str:
+    """A reply as text (redis-py answers bytes, or str from a client that decodes)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _dt(microseconds: bytes | str) -> datetime | None:
     return _EPOCH + timedelta(microseconds=int(microseconds)) if microseconds else None
 
 
@@ -67,13 +72,15 @@ def _config_args(config: CircuitBreakerConfig) -> list[int | str]:
     ]
 
 
-def _parse(name: str, reply: Sequence[bytes]) -> tuple[bool, str | None, BreakerSnapshot, Any]:
+def _parse(
+    name: str, reply: Sequence[bytes | str]
+) -> tuple[bool, str | None, BreakerSnapshot, Any]:
     """(allowed, permit, snapshot, transition) from a breaker script's answer."""
     allowed, permit, state, failures, successes, permits, opened, changed, retry_after = reply[:9]
     from_state, to_state, at = reply[9:12]
     snapshot = BreakerSnapshot(
         name=name,
-        state=_STATES[state],
+        state=_STATES[_text(state)],
         failures=int(failures),
         successes=int(successes),
         permits_in_use=int(permits),
@@ -86,9 +93,12 @@ def _parse(name: str, reply: Sequence[bytes]) -> tuple[bool, str | None, Breaker
         moved_at = _dt(at)
         assert moved_at is not None  # noqa: S101  # the scripts set it with every transition
         transition = BreakerTransition(
-            name=name, from_state=_STATES[from_state], to_state=_STATES[to_state], at=moved_at
+            name=name,
+            from_state=_STATES[_text(from_state)],
+            to_state=_STATES[_text(to_state)],
+            at=moved_at,
         )
-    return allowed == b"1", permit.decode() or None, snapshot, transition
+    return _text(allowed) == "1", _text(permit) or None, snapshot, transition
 
 
 class RedisBreakerStore:
@@ -186,8 +196,8 @@ class RedisBreakerStore:
         async def members(client: Any) -> Any:
             return await client.smembers(names_key)
 
-        names: set[bytes] = await self._connection.call(members, what="list breakers")
-        return sorted(name.decode() for name in names)
+        names: set[bytes | str] = await self._connection.call(members, what="list breakers")
+        return sorted(_text(name) for name in names)
 
     async def drop(self) -> None:
         """Delete every breaker of the namespace, found from the index (``drop_namespace``)."""

@@ -83,10 +83,15 @@ _CURSOR: Final = re.compile(r"[0-9]{1,20}")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 #: The fields of an agent every script answer and event carries, in the scripts' order.
 _SNAPSHOT_FIELDS: Final = 7
-_KINDS: Final = {kind.value.encode(): kind for kind in RegistryEventKind}
+_KINDS: Final = {kind.value: kind for kind in RegistryEventKind}
 
 
-def _dt(microseconds: bytes | int) -> datetime:
+def _text(value: bytes | str) -> str:
+    """A reply as text (redis-py answers bytes, or str from a client that decodes)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _dt(microseconds: bytes | str | int) -> datetime:
     return _EPOCH + timedelta(microseconds=int(microseconds))
 
 
@@ -112,7 +117,7 @@ def _metadata_json(metadata: object) -> Any:
         raise ValidationError(msg) from exc
 
 
-def _info(agent_id: AgentId | bytes, fields: Sequence[bytes]) -> AgentInfo:
+def _info(agent_id: AgentId | bytes | str, fields: Sequence[bytes | str]) -> AgentInfo:
     """An ``AgentInfo`` from the scripts' snapshot fields.
 
     Args:
@@ -123,11 +128,11 @@ def _info(agent_id: AgentId | bytes, fields: Sequence[bytes]) -> AgentInfo:
     data = json.loads(static)
     return AgentInfo.model_validate(
         {
-            "agent_id": agent_id if isinstance(agent_id, AgentId) else agent_id.decode(),
+            "agent_id": agent_id if isinstance(agent_id, AgentId) else _text(agent_id),
             "capabilities": data["capabilities"],
             "metadata": data["metadata"],
             "load": float(load),
-            "available": available == b"1",
+            "available": _text(available) == "1",
             "ttl": float(ttl),
             "registered_at": _dt(registered),
             "last_heartbeat": _dt(heartbeat),
@@ -136,7 +141,7 @@ def _info(agent_id: AgentId | bytes, fields: Sequence[bytes]) -> AgentInfo:
     )
 
 
-def _infos(flat: Sequence[bytes]) -> builtins.list[AgentInfo]:
+def _infos(flat: Sequence[bytes | str]) -> builtins.list[AgentInfo]:
     """The agents of a flat script answer: an id, then its snapshot fields, for each."""
     stride = _SNAPSHOT_FIELDS + 1
     return [_info(flat[n], flat[n + 1 : n + stride]) for n in range(0, len(flat), stride)]
@@ -144,26 +149,26 @@ def _infos(flat: Sequence[bytes]) -> builtins.list[AgentInfo]:
 
 def _event(entry: Sequence[Any]) -> RegistryEvent:
     """A ``RegistryEvent`` from one stream entry ``[id, [field, value, ...]]``."""
-    raw_id, flat = cast("tuple[bytes, Sequence[bytes]]", entry)
-    values = dict(zip(flat[::2], flat[1::2], strict=True))
-    agent_id = AgentId.parse(values[b"id"].decode())
+    raw_id, flat = cast("tuple[bytes | str, Sequence[bytes | str]]", entry)
+    values = {_text(field): value for field, value in zip(flat[::2], flat[1::2], strict=True)}
+    agent_id = AgentId.parse(_text(values["id"]))
     agent = _info(
         agent_id,
         [
-            values[b"static"],
-            values[b"load"],
-            values[b"available"],
-            values[b"ttl"],
-            values[b"registered"],
-            values[b"heartbeat"],
-            values[b"expires"],
+            values["static"],
+            values["load"],
+            values["available"],
+            values["ttl"],
+            values["registered"],
+            values["heartbeat"],
+            values["expires"],
         ],
     )
     return RegistryEvent(
-        cursor=raw_id.partition(b"-")[0].decode(),
-        kind=_KINDS[values[b"kind"]],
+        cursor=_text(raw_id).partition("-")[0],
+        kind=_KINDS[_text(values["kind"])],
         agent_id=agent_id,
-        at=_dt(values[b"at"]),
+        at=_dt(values["at"]),
         agent=agent,
     )
 
@@ -243,7 +248,7 @@ class RedisRegistryStore:
             _us(ttl),
             "1" if replace else "0",
         )
-        if reply[0] == b"conflict":
+        if _text(reply[0]) == "conflict":
             msg = f"agent {agent_id} is live under another session (pass replace=True to take over)"
             raise AgentConflictError(msg)
         return token
@@ -276,10 +281,11 @@ class RedisRegistryStore:
             "" if load is None else repr(load),
             "" if available is None else ("1" if available else "0"),
         )
-        if reply[0] == b"notfound":
+        status = _text(reply[0])
+        if status == "notfound":
             msg = f"agent {agent_id} is not registered"
             raise AgentNotFoundError(msg)
-        if reply[0] == b"conflict":
+        if status == "conflict":
             msg = f"agent {agent_id} is registered under another session"
             raise AgentConflictError(msg)
         return _info(agent_id, reply[1:])
@@ -333,11 +339,11 @@ class RedisRegistryStore:
     ) -> tuple[int, float | None, builtins.list[RegistryEvent]]:
         """One read script: (position read after, seconds to the next expiry, events)."""
         reply = await self._run("read_events", after, limit)
-        status = reply[0]
-        if status == b"ahead":
-            msg = f"registry events cursor {after!r} is ahead of the log (head {reply[1].decode()})"
+        status = _text(reply[0])
+        if status == "ahead":
+            msg = f"registry events cursor {after!r} is ahead of the log (head {_text(reply[1])})"
             raise ValidationError(msg)
-        if status == b"gap":
+        if status == "gap":
             raise EventsGapError(after)
         position = int(reply[1])
         next_expiry = int(reply[2]) / 1_000_000 if reply[2] else None
@@ -347,7 +353,8 @@ class RedisRegistryStore:
         """Block until an event after ``position`` is appended or ``seconds`` pass."""
         key = self._events_key
         client = self._connection.client
-        socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        kwargs: dict[str, Any] = client.get_connection_kwargs()  # type: ignore[no-untyped-call]
+        socket_timeout = kwargs.get("socket_timeout")  # Redis and RedisCluster alike
         if isinstance(socket_timeout, int | float) and socket_timeout > 0:
             # A block near the socket timeout would end in a timeout error: block for half of
             # it (the other half is the reply's margin) and read again (the caller loops).
