@@ -25,7 +25,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from tta_agent_coordination._validation import require_name
 from tta_agent_coordination.models import (
@@ -38,6 +38,8 @@ from tta_agent_coordination.models import (
 )
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from tta_agent_coordination.settings import BackendOptions
 
     from .backend import Connection
@@ -46,6 +48,9 @@ __all__ = ["RedisBreakerStore"]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _STATES: Final = {state.value: state for state in BreakerState}
+
+#: A breaker script's answer: allowed, the permit granted, the snapshot, the transition.
+_Answer = tuple[bool, str | None, BreakerSnapshot, BreakerTransition | None]
 
 
 def _text(value: bytes | str) -> str:
@@ -72,9 +77,7 @@ def _config_args(config: CircuitBreakerConfig) -> list[int | str]:
     ]
 
 
-def _parse(
-    name: str, reply: Sequence[bytes | str]
-) -> tuple[bool, str | None, BreakerSnapshot, Any]:
+def _parse(name: str, reply: Sequence[bytes | str]) -> _Answer:
     """(allowed, permit, snapshot, transition) from a breaker script's answer."""
     allowed, permit, state, failures, successes, permits, opened, changed, retry_after = reply[:9]
     from_state, to_state, at = reply[9:12]
@@ -118,7 +121,7 @@ class RedisBreakerStore:
 
     async def _run(
         self, script: str, name: str, config: CircuitBreakerConfig | None, *args: str
-    ) -> tuple[bool, str | None, BreakerSnapshot, Any]:
+    ) -> _Answer:
         require_name(name, "breaker name")
         config_args = _config_args(config) if config is not None else ["1", "", "1", "1", "1", "1"]
         keys = [self._connection.keys.clock, self._prefix + name, self._names_key]
@@ -193,7 +196,7 @@ class RedisBreakerStore:
         """Every breaker name used in this namespace, from the index, sorted."""
         names_key = self._names_key
 
-        async def members(client: Any) -> Any:
+        async def members(client: Redis) -> set[bytes | str]:
             return await client.smembers(names_key)
 
         names: set[bytes | str] = await self._connection.call(members, what="list breakers")
