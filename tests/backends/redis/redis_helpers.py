@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit
+
+import redis
 
 #: The shared server the tests use; never reconfigured by them.
 REDIS_URL = os.environ.get("TTA_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -21,8 +29,109 @@ def reachable(url: str) -> str | None:
         return f"no redis-server at {host}:{port} ({exc}); start one or set TTA_REDIS_URL"
 
 
-def free_port() -> int:
-    """A TCP port on the loopback interface that nothing listens on right now."""
+def _free(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(*, bus: bool = False) -> int:
+    """A TCP port on the loopback interface that nothing listens on right now.
+
+    With ``bus``, the port 10000 above it (a cluster node's bus port) is free too.
+    """
+    if not bus:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    for _ in range(200):
+        port = random.randint(20000, 50000)  # a port, not a secret
+        if _free(port) and _free(port + 10000):
+            return port
+    msg = "no free port pair for a cluster node"
+    raise RuntimeError(msg)
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 15) -> None:
+    """Call ``check`` until it is true; raise ``RuntimeError`` naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            msg = f"timed out waiting for {what}"
+            raise RuntimeError(msg)
+        time.sleep(0.05)
+
+
+class Servers:
+    """redis-server processes started by the tests, each stopped by its pid."""
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *extra: str, bus: bool = False) -> int:
+        """Start one server on a free loopback port; return the port once it answers PING."""
+        port = free_port(bus=bus)
+        home = self.workdir / str(port)
+        home.mkdir(parents=True)
+        args = [self.binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "no", "--dir", str(home), *extra]
+        proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )  # our own binary
+        self.procs.append(proc)
+
+        def answers() -> bool:
+            if proc.poll() is not None:
+                msg = f"redis-server on port {port} exited with {proc.returncode}"
+                raise RuntimeError(msg)
+            try:
+                with redis.Redis(port=port, socket_connect_timeout=0.2) as client:
+                    return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
+        wait_until(answers, f"redis-server on port {port}")
+        return port
+
+    def start_cluster(self, nodes: int = 3) -> list[int]:
+        """Start a Redis Cluster of ``nodes`` masters (no replicas); return their ports."""
+        ports = [self.start("--cluster-enabled", "yes", bus=True) for _ in range(nodes)]
+        per = 16384 // nodes
+        for index, port in enumerate(ports):
+            low = index * per
+            high = 16383 if index == nodes - 1 else low + per - 1
+            with redis.Redis(port=port) as client:
+                client.execute_command("CLUSTER ADDSLOTSRANGE", low, high)
+        with redis.Redis(port=ports[0]) as first:
+            for port in ports[1:]:
+                first.execute_command("CLUSTER MEET", "127.0.0.1", port)
+
+        def ready() -> bool:
+            for port in ports:
+                with redis.Redis(port=port) as client:
+                    info = cast("dict[str, object]", client.cluster("INFO"))
+                    if info.get("cluster_state") != "ok" or info.get("cluster_known_nodes") != str(
+                        nodes
+                    ):
+                        return False
+            return True
+
+        wait_until(ready, "the cluster to form")
+        return ports
+
+    def stop(self) -> None:
+        """Stop every server started here, by pid."""
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()

@@ -7,8 +7,6 @@ server's configuration is never touched.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 import uuid
 import warnings
@@ -89,36 +87,6 @@ def round_trips(monkeypatch: pytest.MonkeyPatch) -> RoundTrips:
 
 
 # -- a private server ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def private_server() -> Iterator[str]:
-    """A redis-server of our own on a free port, for tests that change server state."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed: cannot start a private server")
-    port = free_port()
-    proc = subprocess.Popen(  # our own binary, fixed arguments
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        client = sync_redis.Redis(port=port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except sync_redis.ConnectionError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail(f"the private redis-server on port {port} did not start")
-                time.sleep(0.05)
-        client.close()
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def admin(url: str) -> sync_redis.Redis:

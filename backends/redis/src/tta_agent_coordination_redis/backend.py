@@ -21,6 +21,14 @@ one small internal object, :class:`Connection`, which is the driver's whole inte
         Runs ``fn(client)`` (one command or one pipeline) inside the same boundary.
     ``await time_ms()``
         The backend's clock (server ``TIME`` plus the offset), in milliseconds.
+    ``max_block``
+        The longest a blocking command (``BLPOP``, ``XREAD BLOCK``) may block, below the
+        client's socket timeout (``None``: no limit).
+    ``cluster``
+        True on Redis Cluster (``redis+cluster://``). ``client`` is then a
+        ``redis.asyncio.RedisCluster`` (typed as ``Redis``: the commands used are the same), a
+        script's KEYS must all share one hash tag, and queue scripts get the clock offset as an
+        argument (``clock_arg()``) instead of reading the namespace's clock key.
 
 A store module ``registry.py`` (``RedisRegistryStore``) or ``breakers.py``
 (``RedisBreakerStore``) is wired in when it exists: its class is built as
@@ -32,6 +40,7 @@ waiting readers re-check their due times.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
@@ -39,7 +48,7 @@ from types import TracebackType
 from typing import Any, Final, Protocol, Self, TypeVar, cast
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -72,17 +81,25 @@ class Connection:
     """What every store of one backend shares: the client, the keys, scripts, the boundary.
 
     Args:
-        client: A ``redis.asyncio.Redis`` client.
+        client: A ``redis.asyncio.Redis`` client (or a ``RedisCluster``, with ``cluster``).
         options: The backend's options.
+        cluster: The client is a Redis Cluster client.
     """
 
-    def __init__(self, client: Redis, options: BackendOptions) -> None:
+    def __init__(self, client: Redis, options: BackendOptions, *, cluster: bool = False) -> None:
         self.client = client
         self.options = options
+        self.cluster = cluster
+        #: On Redis Cluster: the namespace's clock offset (ms), read at first use and moved by
+        #: this backend's ``clock.advance``.
+        self.offset_ms = 0
         self.keys = Keys(options.namespace)
         self.scripts = ScriptRunner()
         self._checked = False
-        timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        self._first_use = asyncio.Lock()
+        get_kwargs: Callable[[], dict[str, Any]] = client.get_connection_kwargs
+        kwargs = get_kwargs()
+        timeout = kwargs.get("socket_timeout")
         #: The longest a blocking command may block: under the client's socket timeout, so a
         #: long wait is cut into blocks that never look like a dead connection.
         self.max_block: float | None = (
@@ -90,17 +107,31 @@ class Connection:
         )
 
     async def _check_server(self) -> None:
-        """Warn once when the server may evict keys (any ``maxmemory-policy`` but noeviction)."""
-        if self._checked:
-            return
-        self._checked = True
+        """Check the server once, on first use; concurrent first users wait for one check.
+
+        A cluster client learns its slots and reads the clock offset; then the driver warns
+        when the server may evict keys (any ``maxmemory-policy`` but ``noeviction``).
+        """
+        async with self._first_use:
+            if self._checked:
+                return
+            await self._first_check()
+            self._checked = True
+
+    async def _first_check(self) -> None:
+        if self.cluster:
+            await self.load_offset()
         try:
-            reply = cast("dict[Any, Any]", await self.client.config_get("maxmemory-policy"))
+            reply: object = await self.client.config_get("maxmemory-policy")
         except Exception:  # noqa: BLE001  # CONFIG may be disabled (managed Redis): not an error
             return
-        policy = next(iter(reply.values()), b"")
-        if isinstance(policy, bytes):
-            policy = policy.decode()
+        while isinstance(reply, dict) and reply:  # a cluster client nests replies by node
+            reply = next(iter(cast("dict[object, object]", reply).values()))
+        policy = ""
+        if isinstance(reply, bytes):
+            policy = reply.decode()
+        elif isinstance(reply, str):
+            policy = reply
         if policy and policy != "noeviction":
             warnings.warn(
                 f"redis maxmemory-policy is {policy!r}: the server may evict queue keys, which"
@@ -122,6 +153,15 @@ class Connection:
         return await boundary(
             lambda: self.scripts.run(self.client, name, keys, args), what=name.replace("_", " ")
         )
+
+    async def load_offset(self) -> None:
+        """Read the namespace's clock offset (Redis Cluster keeps a copy client-side)."""
+        raw = await boundary(lambda: self.client.get(self.keys.clock), what="read the clock")
+        self.offset_ms = 0 if raw is None else int(raw)
+
+    def clock_arg(self) -> str:
+        """The queue scripts' clock argument: ``''`` (read the key) or the offset in ms."""
+        return str(self.offset_ms) if self.cluster else ""
 
     async def time_ms(self) -> int:
         """The backend's clock (server time plus the namespace's offset), in milliseconds."""
@@ -150,6 +190,8 @@ class RedisClock:
 
     async def now(self) -> float:
         """The backend's clock, in seconds since the epoch."""
+        if self._connection.cluster:
+            await self._connection.load_offset()
         return await self._connection.time_ms() / 1000
 
     async def advance(self, seconds: float) -> None:
@@ -158,7 +200,8 @@ class RedisClock:
             msg = f"the clock only moves forward: advance({seconds!r})"
             raise ValidationError(msg)
         keys = self._connection.keys
-        await self._connection.run_script("advance", [keys.clock], [round(seconds * 1000)])
+        offset = await self._connection.run_script("advance", [keys.clock], [round(seconds * 1000)])
+        self._connection.offset_ms = int(offset)
         for store in self._wakers:
             if hasattr(store, "wake_all"):
                 await cast("_Waker", store).wake_all()
@@ -186,6 +229,7 @@ class RedisBackend:
         url: The URL it was made from (shown with the password masked).
         owns_client: Close the client in :meth:`aclose` (true when built from a URL).
         tls: The connection is encrypted (``rediss://``).
+        cluster: ``client`` is a ``redis.asyncio.RedisCluster`` (``redis+cluster://``).
     """
 
     def __init__(
@@ -196,12 +240,18 @@ class RedisBackend:
         url: str | None = None,
         owns_client: bool = False,
         tls: bool = False,
+        cluster: bool = False,
     ) -> None:
         self._options = options if options is not None else BackendOptions()
-        self._connection = Connection(client, self._options)
+        self._connection = Connection(client, self._options, cluster=cluster)
         self._owns_client = owns_client
         self._url = _masked(urlsplit(url)) if url is not None else "redis://(client)"
-        self._capabilities = frozenset({"clock_control", "tls"} if tls else {"clock_control"})
+        capabilities = {"clock_control"}
+        if tls:
+            capabilities.add("tls")
+        if cluster:
+            capabilities.add("cluster")
+        self._capabilities = frozenset(capabilities)
         self._queue = RedisQueueStore(self._connection, self._options)
         self._registry: RegistryStore | None = self._optional("registry", "RedisRegistryStore")
         self._breakers: BreakerStore | None = self._optional("breakers", "RedisBreakerStore")
@@ -223,20 +273,18 @@ class RedisBackend:
     def from_url(cls, url: str, options: BackendOptions) -> RedisBackend:
         """The factory the plugin names: ``redis[s]://[[user]:password@]host[:port][/db]``.
 
-        Query parameters other than the core's options may be ``socket_timeout``,
-        ``socket_connect_timeout``, ``health_check_interval`` and ``max_connections``.
+        ``redis+cluster://[[user]:password@]host:port`` connects to a Redis Cluster through
+        any of its nodes. Query parameters other than the core's options may be
+        ``socket_timeout``, ``socket_connect_timeout``, ``health_check_interval`` and
+        ``max_connections``.
 
         Raises:
-            ValidationError: An unknown scheme or option, or ``redis+cluster://`` (not yet
-                supported by this version of the driver).
+            ValidationError: An unknown scheme or option, or a database on a cluster URL.
         """
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in SCHEMES:
             msg = f"the redis driver serves {', '.join(SCHEMES)}, not {scheme}://"
-            raise ValidationError(msg)
-        if scheme == "redis+cluster":
-            msg = "redis+cluster:// is not supported yet by tta-agent-coordination-redis"
             raise ValidationError(msg)
         client_options: dict[str, Any] = {}
         for key, value in options.extra.items():
@@ -249,19 +297,28 @@ class RedisBackend:
             except ValueError as exc:
                 msg = f"redis:// option {key}={value!r} is not a {convert.__name__}"
                 raise ValidationError(msg) from exc
-        base = urlunsplit(parts._replace(query="", fragment=""))
-        client = Redis.from_url(
-            base,
-            decode_responses=False,
-            retry=Retry(NoBackoff(), 0),  # the driver's boundary retries, once, by class
-            **client_options,
-        )
+        no_retry = Retry(NoBackoff(), 0)  # the driver's boundary retries, once, by class
+        cluster = scheme == "redis+cluster"
+        if cluster:
+            if parts.path not in ("", "/", "/0"):
+                msg = f"a Redis Cluster has one database: {url!r} names {parts.path!r}"
+                raise ValidationError(msg)
+            base = urlunsplit(parts._replace(scheme="redis", path="", query="", fragment=""))
+            client_options.pop("max_connections", None)
+            cluster_client = RedisCluster.from_url(
+                base, decode_responses=False, retry=no_retry, **client_options
+            )
+            client = cast("Redis", cluster_client)  # the same commands; see Connection
+        else:
+            base = urlunsplit(parts._replace(query="", fragment=""))
+            client = Redis.from_url(base, decode_responses=False, retry=no_retry, **client_options)
         return cls(
             client,
             options.model_copy(update={"extra": {}}),
             url=url,
             owns_client=True,
             tls=scheme == "rediss",
+            cluster=cluster,
         )
 
     @property
@@ -276,7 +333,7 @@ class RedisBackend:
 
     @property
     def capabilities(self) -> frozenset[str]:
-        """``clock_control`` always; ``tls`` for ``rediss://``."""
+        """``clock_control`` always; ``tls`` for ``rediss://``; ``cluster`` for a cluster."""
         return self._capabilities
 
     @property

@@ -19,6 +19,11 @@ Every rule of the memory reference driver is kept; the scripts in ``scripts/`` f
 * ``replay`` keeps the entry id, resets the attempt, re-enqueues now and is not capped;
 * settled entry ids are remembered for ``entry_id_retention`` so retried enqueues are safe.
 
+On Redis Cluster the queue scripts touch only the queue's own keys (one slot): the clock
+offset travels as an argument, and the queue index and idle index are updated by separate
+commands, sent only when a script reports that it created or dropped a queue (or the client
+has not yet seen the queue in the index).
+
 A waiting ``reserve`` blocks with ``BLPOP`` on the queue's ``wake`` list, for at most the time
 until the earliest due entry or reservation deadline (the script's answer): enqueue, nack,
 release, replay and ``clock.advance`` push a token there, and a reserve that leaves entries
@@ -27,6 +32,7 @@ ready passes the wake-up on. An idle waiting consumer costs one blocked command.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -169,6 +175,7 @@ class RedisQueueStore:
         self._options = options
         keys = connection.keys
         self._ns_keys = [keys.clock, keys.queues, keys.idle]
+        self._known: set[str] = set()  # cluster: queues this client saw in the index
         self._common = [
             options.max_queue_length,
             _ms(options.dedup_window),
@@ -180,12 +187,35 @@ class RedisQueueStore:
     # -- plumbing -----------------------------------------------------------------------------
 
     def _keys(self, name: str) -> list[str]:
-        return [*self._ns_keys, *self._connection.keys.queue_keys(name)]
+        queue_keys = self._connection.keys.queue_keys(name)
+        if self._connection.cluster:  # one slot: the queue's info key stands in, untouched
+            return [queue_keys[0]] * 3 + queue_keys
+        return [*self._ns_keys, *queue_keys]
+
+    def _args(self, name: str, *args: Any) -> list[Any]:
+        return [name, *self._common, self._connection.clock_arg(), *args]
 
     async def _run(self, script: str, name: str, *args: Any) -> Any:
-        return await self._connection.run_script(
-            script, self._keys(name), [name, *self._common, *args]
+        return await self._connection.run_script(script, self._keys(name), self._args(name, *args))
+
+    async def _indexed(self, name: str, *, created: bool) -> None:
+        """Cluster: put a queue in the index unless the client knows it is there."""
+        if not self._connection.cluster or (name in self._known and not created):
+            return
+        queues = self._connection.keys.queues
+        await self._connection.call(
+            lambda c: c.zadd(queues, {name: 0}, nx=True), what="index the queue"
         )
+        self._known.add(name)
+
+    async def _unindexed(self, name: str, *, keep: bool = False) -> None:
+        """Cluster: take a dropped queue out of the indexes (``keep``: the idle index only)."""
+        keys = self._connection.keys
+        await self._connection.run_script(
+            "unindex", [keys.queues, keys.idle], [name, "1" if keep else "0"]
+        )
+        if not keep:
+            self._known.discard(name)
 
     # -- enqueue ------------------------------------------------------------------------------
 
@@ -216,7 +246,8 @@ class RedisQueueStore:
         reply = cast("list[Any]", await self._run("enqueue", name, len(items), *flat))
         if int(reply[0]) == 0:
             raise QueueFullError(name, self._options.max_queue_length)
-        return [_text(v) for v in reply[1:]]
+        await self._indexed(name, created=int(reply[1]) == 1)
+        return [_text(v) for v in reply[2:]]
 
     async def enqueue(
         self,
@@ -565,9 +596,18 @@ class RedisQueueStore:
     async def _drop_idle(self) -> None:
         """Drop the namespace's queues whose idle ttl lapsed (from the idle index)."""
         keys = self._connection.keys
-        due = await self._connection.run_script("idle_due", [keys.clock, keys.idle], [])
-        for raw in cast("list[bytes]", due):
-            await self._run("manage", _text(raw), "drop_idle")
+        if not self._connection.cluster:
+            due = await self._connection.run_script("idle_due", [keys.clock, keys.idle], [])
+            for raw in cast("list[bytes]", due):
+                await self._run("manage", _text(raw), "drop_idle")
+            return
+        # Cluster: the idle index only lists queues with a ttl; each queue knows its own time.
+        names = await self._connection.call(lambda c: c.zrange(keys.idle, 0, -1), what="idle")
+        for raw in cast("list[bytes]", names):
+            name = _text(raw)
+            gone = int(await self._run("manage", name, "drop_idle"))
+            if gone:
+                await self._unindexed(name, keep=gone == 2)
 
     async def stats_all(self, *, limit: int = 100, cursor: str | None = None) -> Page[QueueStats]:
         """Stats of up to ``limit`` (1..1000) queues, ordered by ``str(queue)``.
@@ -601,20 +641,20 @@ class RedisQueueStore:
             async with client.pipeline(transaction=False) as pipe:
                 for name in names:
                     keys_ = self._keys(name)
-                    pipe.evalsha(script.sha, len(keys_), *keys_, name, *self._common, "stats")
+                    pipe.evalsha(script.sha, len(keys_), *keys_, *self._args(name, "stats"))
                 return await pipe.execute(raise_on_error=False)
 
-        replies = await connection.call(batch, what="stats all")
-        if any(isinstance(r, Exception) for r in replies):  # NOSCRIPT: load it, then once more
-            await connection.run_script(
-                "inspect", self._keys(names[0]), [names[0], *self._common, "stats"]
-            )
+        if connection.cluster:  # a cluster pipeline cannot carry scripts: run them side by side
+            replies = await asyncio.gather(*(self._run("inspect", n, "stats") for n in names))
+        else:
             replies = await connection.call(batch, what="stats all")
-        items = [
-            self._stats(AgentId.parse(name), cast("list[Any]", reply))
-            for name, reply in zip(names, replies, strict=True)
-            if not isinstance(reply, Exception)
-        ]
+        items: list[QueueStats] = []
+        for name, reply in zip(names, replies, strict=True):
+            answer = reply
+            if isinstance(reply, Exception):  # NOSCRIPT on some node: run it alone (reloads)
+                answer = await self._run("inspect", name, "stats")
+            if int(cast("list[Any]", answer)[0]):
+                items.append(self._stats(AgentId.parse(name), cast("list[Any]", answer)))
         return Page[QueueStats](items=items, next_cursor=names[-1] if more else None)
 
     async def queues(self) -> list[AgentId]:
@@ -631,7 +671,11 @@ class RedisQueueStore:
             The number of entries removed (live and dead).
         """
         agent_id = _check_queue(queue)
-        return int(await self._run("manage", str(agent_id), "drop"))
+        name = str(agent_id)
+        removed = int(await self._run("manage", name, "drop"))
+        if self._connection.cluster:
+            await self._unindexed(name)
+        return removed
 
     async def set_queue_ttl(self, queue: AgentId, ttl: float | None) -> None:
         """Drop the queue once ``ttl`` seconds pass without an enqueue to it or a reserve on it.
@@ -644,7 +688,17 @@ class RedisQueueStore:
         agent_id = _check_queue(queue)
         seconds = None if ttl is None else _check_duration(ttl, "ttl", positive=True)
         ttl_ms = -1 if seconds is None else _ms(seconds, positive=True)
-        await self._run("manage", str(agent_id), "set_ttl", ttl_ms)
+        name = str(agent_id)
+        created = int(await self._run("manage", name, "set_ttl", ttl_ms)) == 1
+        if self._connection.cluster:
+            await self._indexed(name, created=created)
+            idle = self._connection.keys.idle
+            if seconds is None:
+                await self._unindexed(name, keep=True)
+            else:
+                await self._connection.call(
+                    lambda c: c.zadd(idle, {name: 0}), what="index the queue ttl"
+                )
 
     async def reclaim(self, queue: AgentId) -> int:
         """Reclaim expired reservations now (due again, or dead-lettered at max_attempts).
@@ -658,6 +712,7 @@ class RedisQueueStore:
     async def drop_all(self) -> None:
         """Delete every queue of the namespace, from the queue index (``drop_namespace``)."""
         keys = self._connection.keys
+        self._known.clear()
         names = await self._connection.call(
             lambda c: c.zrange(keys.queues, 0, -1), what="drop namespace"
         )

@@ -4,8 +4,14 @@
 -- 4 info, 5 meta, 6 body, 7 ready, 8 delayed, 9 reserved, 10 expiry, 11 dead, 12 deadinfo,
 -- 13 settled, 14 acks, 15 dedup, 16 dedupx, 17 wake.
 -- ARGV: 1 queue name, 2 max_queue_length, 3 dedup_window ms, 4 dead_letter_max_age ms (-1:
--- none), 5 dead_letter_max_length (-1: none), 6 entry_id_retention ms; the operation's own
--- arguments follow from ARGV[7].
+-- none), 5 dead_letter_max_length (-1: none), 6 entry_id_retention ms, 7 the clock offset in
+-- ms on Redis Cluster ('' on a single server); the operation's own arguments follow from
+-- ARGV[8].
+--
+-- On a single server KEYS 1-3 are the namespace's keys and the script keeps the queue index
+-- and the idle index itself. On Redis Cluster they live on another slot: the caller passes
+-- the queue's own `info` key in their place (never touched), the clock offset in ARGV[7], and
+-- updates the namespace indexes with separate commands.
 --
 -- Times are integer milliseconds on the backend's clock. An entry's state lives in meta[id]
 -- as JSON: p priority, a attempt, m max_attempts, e enqueued at, q sequence, s state
@@ -25,6 +31,8 @@ local DEDUP_WINDOW = tonumber(ARGV[3])
 local DL_MAX_AGE = tonumber(ARGV[4])
 local DL_MAX_LEN = tonumber(ARGV[5])
 local RETENTION = tonumber(ARGV[6])
+local CLUSTER = ARGV[7] ~= ''
+local OFFSET = tonumber(ARGV[7])
 
 local QUEUE_KEYS = {K_INFO, K_META, K_BODY, K_READY, K_DELAYED, K_RESERVED, K_EXPIRY, K_DEAD,
   K_DEADINFO, K_SETTLED, K_ACKS, K_DEDUP, K_DEDUPX, K_WAKE}
@@ -60,8 +68,16 @@ local function ready_member(id, m)
   return string.format('%012x', m.q) .. id
 end
 
+local function now_ms()
+  if CLUSTER then
+    local t = redis.call('TIME')
+    return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + OFFSET
+  end
+  return tta_now(K_CLOCK)
+end
+
 local function exists()
-  return redis.call('ZSCORE', K_QUEUES, NAME) ~= false
+  return redis.call('HEXISTS', K_INFO, 'created') == 1
 end
 
 local function live_count()
@@ -78,8 +94,10 @@ end
 local function drop_queue()
   local n = redis.call('HLEN', K_META)
   redis.call('DEL', unpack(QUEUE_KEYS))
-  redis.call('ZREM', K_QUEUES, NAME)
-  redis.call('ZREM', K_IDLE, NAME)
+  if not CLUSTER then
+    redis.call('ZREM', K_QUEUES, NAME)
+    redis.call('ZREM', K_IDLE, NAME)
+  end
   return n
 end
 
@@ -98,12 +116,21 @@ local function touch(now)
   if ttl then
     local until_ = now + tonumber(ttl)
     redis.call('HSET', K_INFO, 'idle_until', n2s(until_))
-    redis.call('ZADD', K_IDLE, n2s(until_), NAME)
+    if not CLUSTER then
+      redis.call('ZADD', K_IDLE, n2s(until_), NAME)
+    end
   end
 end
 
+-- Make the queue exist; true if it did not before.
 local function create()
-  redis.call('ZADD', K_QUEUES, 'NX', 0, NAME)
+  if redis.call('HSETNX', K_INFO, 'created', 1) == 0 then
+    return false
+  end
+  if not CLUSTER then
+    redis.call('ZADD', K_QUEUES, 'NX', 0, NAME)
+  end
+  return true
 end
 
 local function settle(id, token, now)

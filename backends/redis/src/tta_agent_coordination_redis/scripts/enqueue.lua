@@ -1,17 +1,18 @@
 -- Enqueue a batch (one entry or many) for one queue, all or nothing.
--- ARGV[7] n, then per request 7 values: entry id, body, priority, delay ms, dedup key ('' for
+-- ARGV[8] n, then per request 7 values: entry id, body, priority, delay ms, dedup key ('' for
 -- none), max_attempts, ttl ms (-1 for none).
--- Returns {1, id...} (per request the entry id: new, or the one a repeated entry id or dedup
--- key resolves to) or {0} when the new entries would pass max_queue_length (nothing written).
+-- Returns {1, created, id...} (created: 1 if this call created the queue; per request the
+-- entry id: new, or the one a repeated entry id or dedup key resolves to) or {0} when the new
+-- entries would pass max_queue_length (nothing written).
 --#include _queue
-local now = tta_now(K_CLOCK)
+local now = now_ms()
 drop_if_idle(now)
 prune(now)
-local n = tonumber(ARGV[7])
+local n = tonumber(ARGV[8])
 local plan, fresh = {}, {}
 local batch_ids, batch_keys = {}, {}
 for i = 0, n - 1 do
-  local b = 8 + i * 7
+  local b = 9 + i * 7
   local id, key = ARGV[b], ARGV[b + 4]
   if key == '' then
     key = nil
@@ -39,7 +40,7 @@ end
 if #fresh > 0 and live_count() + #fresh > MAX_LEN then
   return {0}
 end
-create()
+local created = create()
 touch(now)
 for _, b in ipairs(fresh) do
   local id, key, ttl = ARGV[b], ARGV[b + 4], tonumber(ARGV[b + 6])
@@ -57,7 +58,7 @@ end
 if #fresh > 0 then
   wake()
 end
-local out = {1}
+local out = {1, created and 1 or 0}
 for _, id in ipairs(plan) do
   out[#out + 1] = id
 end

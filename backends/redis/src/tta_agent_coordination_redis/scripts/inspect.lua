@@ -1,33 +1,33 @@
 -- Read a queue after the same maintenance as reserve (reclaim, promote, expire, retention).
--- ARGV[7] what:
+-- ARGV[8] what:
 --   stats: returns {exists, ready, delayed, reserved, dead}
 --   dead_count: returns {exists, n}
---   dead_get: ARGV[8] entry id; returns {exists, id, body, meta, info} or {exists}
---   dead_list: ARGV[8] after sequence, ARGV[9] limit; returns {exists, more, seq, id, body,
+--   dead_get: ARGV[9] entry id; returns {exists, id, body, meta, info} or {exists}
+--   dead_list: ARGV[9] after sequence, ARGV[10] limit; returns {exists, more, seq, id, body,
 --     meta, info, ...} (oldest first)
 --#include _queue
-local now = tta_now(K_CLOCK)
+local now = now_ms()
 if not exists() or drop_if_idle(now) then
   return {0}
 end
 maintain(now)
 trim_dead(now)
-local what = ARGV[7]
+local what = ARGV[8]
 if what == 'stats' then
   return {1, redis.call('ZCARD', K_READY), redis.call('ZCARD', K_DELAYED),
     redis.call('ZCARD', K_RESERVED), redis.call('ZCARD', K_DEAD)}
 elseif what == 'dead_count' then
   return {1, redis.call('ZCARD', K_DEAD)}
 elseif what == 'dead_get' then
-  local id = ARGV[8]
+  local id = ARGV[9]
   local info = redis.call('HGET', K_DEADINFO, id)
   if not info then
     return {1}
   end
   return {1, id, redis.call('HGET', K_BODY, id), redis.call('HGET', K_META, id), info}
 elseif what == 'dead_list' then
-  local limit = tonumber(ARGV[9])
-  local rows = redis.call('ZRANGE', K_DEAD, '(' .. ARGV[8], '+inf', 'BYSCORE', 'LIMIT', 0,
+  local limit = tonumber(ARGV[10])
+  local rows = redis.call('ZRANGE', K_DEAD, '(' .. ARGV[9], '+inf', 'BYSCORE', 'LIMIT', 0,
     limit + 1, 'WITHSCORES')
   local out = {1, 0}
   for i = 1, #rows, 2 do

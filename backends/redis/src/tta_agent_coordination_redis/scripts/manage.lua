@@ -1,35 +1,41 @@
--- Queue management. ARGV[7] what:
---   replay / purge: ARGV[8] '1' for all dead letters, else the entry ids from ARGV[9];
+-- Queue management. ARGV[8] what:
+--   replay / purge: ARGV[9] '1' for all dead letters, else the entry ids from ARGV[10];
 --     returns the ids replayed / the number purged
 --   reclaim: returns how many expired reservations were reclaimed
 --   drop: returns the number of entries removed (live and dead)
---   drop_idle: drops the queue only if its idle ttl lapsed; returns 1 if dropped
---   set_ttl: ARGV[8] idle ttl ms (-1: none); creates the queue
+--   drop_idle: drops the queue only if its idle ttl lapsed; returns 1 if the queue is gone
+--     (dropped now or before), 2 if it exists without an idle ttl, 0 if it is kept
+--   set_ttl: ARGV[9] idle ttl ms (-1: none); creates the queue; returns 1 if it created it
 --#include _queue
-local now = tta_now(K_CLOCK)
-local what = ARGV[7]
+local now = now_ms()
+local what = ARGV[8]
 if what == 'drop' then
   if not exists() then
     return 0
   end
   return drop_queue()
 elseif what == 'drop_idle' then
-  if exists() and drop_if_idle(now) then
+  if not exists() or drop_if_idle(now) then
     return 1
+  end
+  if not redis.call('HGET', K_INFO, 'idle_ttl') then
+    return 2
   end
   return 0
 elseif what == 'set_ttl' then
   drop_if_idle(now)
-  create()
-  local ttl = tonumber(ARGV[8])
+  local created = create()
+  local ttl = tonumber(ARGV[9])
   if ttl < 0 then
     redis.call('HDEL', K_INFO, 'idle_ttl', 'idle_until')
-    redis.call('ZREM', K_IDLE, NAME)
+    if not CLUSTER then
+      redis.call('ZREM', K_IDLE, NAME)
+    end
   else
     redis.call('HSET', K_INFO, 'idle_ttl', n2s(ttl))
     touch(now)
   end
-  return 1
+  return created and 1 or 0
 end
 if not exists() or drop_if_idle(now) then
   if what == 'replay' then
@@ -43,10 +49,10 @@ if what == 'reclaim' then
 end
 trim_dead(now)
 local chosen = {}
-if ARGV[8] == '1' then
+if ARGV[9] == '1' then
   chosen = redis.call('ZRANGE', K_DEAD, 0, -1)
 else
-  for i = 9, #ARGV do
+  for i = 10, #ARGV do
     chosen[#chosen + 1] = ARGV[i]
   end
 end

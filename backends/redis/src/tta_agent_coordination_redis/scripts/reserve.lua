@@ -1,15 +1,15 @@
--- Reserve up to ARGV[8] due entries for ARGV[7] ms; ARGV[9...] one fresh token per entry.
+-- Reserve up to ARGV[9] due entries for ARGV[8] ms; ARGV[10...] one fresh token per entry.
 -- Returns {now, deadline, next due (-1: none), id, body, meta, id, body, meta, ...}.
 --#include _queue
-local now = tta_now(K_CLOCK)
+local now = now_ms()
 if not exists() or drop_if_idle(now) then
   return {n2s(now), '0', '-1'}
 end
 touch(now)
 prune(now)
 maintain(now)
-local deadline = now + tonumber(ARGV[7])
-local count = tonumber(ARGV[8])
+local deadline = now + tonumber(ARGV[8])
+local count = tonumber(ARGV[9])
 local members = redis.call('ZRANGE', K_READY, 0, count - 1)
 local out = {n2s(now), n2s(deadline), '-1'}
 for i, member in ipairs(members) do
@@ -20,7 +20,7 @@ for i, member in ipairs(members) do
     redis.call('ZREM', K_EXPIRY, id)
   end
   m.s = 'v'
-  m.t = ARGV[8 + i]
+  m.t = ARGV[9 + i]
   m.dl = deadline
   local raw = cjson.encode(m)
   redis.call('HSET', K_META, id, raw)
