@@ -7,8 +7,6 @@ keys under the namespace, its hash tag and the layout version, and gone after a 
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import (
@@ -17,7 +15,6 @@ from collections.abc import (
     Awaitable,
     Callable,
     Generator,
-    Iterator,
 )
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import Any, cast
@@ -28,7 +25,7 @@ import redis as sync_redis
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from redis_helpers import REDIS_URL, free_port
+from redis_helpers import REDIS_URL
 from tta_agent_coordination.errors import AgentConflictError, EventsGapError
 from tta_agent_coordination.models import (
     AgentId,
@@ -377,37 +374,7 @@ async def test_a_long_wait_survives_a_short_socket_timeout(namespace: str) -> No
             await backend.drop_namespace()
 
 
-# -- server-side counts, on a private server ----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def private_url() -> Iterator[str]:
-    """A redis-server of our own on a free port, so command statistics are ours alone."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed: cannot start a private server")
-    port = free_port()
-    proc = subprocess.Popen(  # our own binary, fixed arguments
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        client = sync_redis.Redis(port=port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except sync_redis.ConnectionError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail(f"the private redis-server on port {port} did not start")
-                time.sleep(0.05)
-        client.close()
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+# -- server-side counts, on a private server (the conftest's) ----------------------------
 
 
 def command_calls(url: str) -> dict[str, int]:
@@ -423,9 +390,9 @@ def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return changed
 
 
-async def test_server_counts_one_script_per_operation(private_url: str, namespace: str) -> None:
+async def test_server_counts_one_script_per_operation(private_server: str, namespace: str) -> None:
     """Counted by the server: each operation is one EVALSHA and nothing else from the client."""
-    async with connect(private_url, namespace=namespace) as backend:
+    async with connect(private_server, namespace=namespace) as backend:
         registry = backend.registry
         token = await registry.register(AgentId("w", "alpha"), capabilities=[SUMMARISE])
         calls: list[tuple[str, Callable[[], Awaitable[object]]]] = [
@@ -438,32 +405,32 @@ async def test_server_counts_one_script_per_operation(private_url: str, namespac
             ("deregister", lambda: registry.deregister(AgentId("w", "alpha"), token)),
         ]
         for what, call in calls:
-            before = command_calls(private_url)
+            before = command_calls(private_server)
             await call()
-            changed = delta(before, command_calls(private_url))
+            changed = delta(before, command_calls(private_server))
             assert changed.get("evalsha") == 1, (what, changed)
             assert "keys" not in changed
             assert "scan" not in changed
         await backend.drop_namespace()
 
 
-async def test_discovery_costs_follow_the_holders(private_url: str, namespace: str) -> None:
+async def test_discovery_costs_follow_the_holders(private_server: str, namespace: str) -> None:
     """discover() and list(type=) read only the agents that can match, not the registry."""
-    async with connect(private_url, namespace=namespace) as backend:
+    async with connect(private_server, namespace=namespace) as backend:
         registry = backend.registry
         for n in range(300):
             await registry.register(AgentId("w", f"i{n}"), capabilities=[SUMMARISE])
         rare = Capability("rare", "1.0")
         for n in range(3):
             await registry.register(AgentId("critic", f"c{n}"), capabilities=[rare, SUMMARISE])
-        before = command_calls(private_url)
+        before = command_calls(private_server)
         found = await registry.discover(CapabilityQuery("rare"))
-        changed = delta(before, command_calls(private_url))
+        changed = delta(before, command_calls(private_server))
         assert len(found) == 3
         assert changed.get("hmget") == 3, changed
-        before = command_calls(private_url)
+        before = command_calls(private_server)
         listed = await registry.list(type="critic")
-        changed = delta(before, command_calls(private_url))
+        changed = delta(before, command_calls(private_server))
         assert len(listed) == 3
         assert changed.get("hmget") == 3, changed
         await backend.drop_namespace()
