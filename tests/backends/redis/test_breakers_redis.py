@@ -54,18 +54,28 @@ def namespace() -> str:
     return f"t{uuid.uuid4().hex[:16]}"
 
 
+@pytest.fixture(params=["standalone", "cluster"])
+def server_url(request: pytest.FixtureRequest) -> str:
+    """The shared redis-server, or the conftest's local 3-master Redis Cluster."""
+    if request.param == "cluster":
+        return cast("str", request.getfixturevalue("cluster_url"))
+    return REDIS_URL
+
+
 @pytest.fixture
 def name() -> str:
     return f"dep-{uuid.uuid4().hex[:8]}"
 
 
 @asynccontextmanager
-async def clients(namespace: str, count: int) -> AsyncGenerator[list[RedisBackend]]:
+async def clients(
+    namespace: str, count: int, url: str = REDIS_URL
+) -> AsyncGenerator[list[RedisBackend]]:
     """``count`` backends on one server and namespace, as many processes would be."""
     async with AsyncExitStack() as stack:
         backends: list[RedisBackend] = []
         for _ in range(count):
-            backend = await stack.enter_async_context(connect(REDIS_URL, namespace=namespace))
+            backend = await stack.enter_async_context(connect(url, namespace=namespace))
             assert isinstance(backend, RedisBackend)
             backends.append(backend)
         stack.push_async_callback(backends[0].drop_namespace)
@@ -132,9 +142,11 @@ async def test_every_operation_is_one_round_trip(backend: RedisBackend, name: st
         assert sent[0] in {"EVALSHA", "SMEMBERS"}
 
 
-async def test_racing_clients_never_exceed_the_half_open_permits(namespace: str, name: str) -> None:
+async def test_racing_clients_never_exceed_the_half_open_permits(
+    namespace: str, name: str, server_url: str
+) -> None:
     """Eight clients racing for probes get at most half_open_max_calls permits, every period."""
-    async with clients(namespace, 8) as backends:
+    async with clients(namespace, 8, server_url) as backends:
         first = backends[0]
         for _ in range(CONFIG.failure_threshold):
             await first.breakers.record_failure(name, CONFIG)
@@ -164,9 +176,11 @@ async def test_racing_clients_never_exceed_the_half_open_permits(namespace: str,
             await first.clock.advance(CONFIG.probe_timeout + 1)
 
 
-async def test_racing_probe_outcomes_close_it_once(namespace: str, name: str) -> None:
+async def test_racing_probe_outcomes_close_it_once(
+    namespace: str, name: str, server_url: str
+) -> None:
     """Probe successes recorded at once through different clients close it exactly once."""
-    async with clients(namespace, 8) as backends:
+    async with clients(namespace, 8, server_url) as backends:
         first = backends[0]
         for _ in range(CONFIG.failure_threshold):
             await first.breakers.record_failure(name, CONFIG)
@@ -188,9 +202,9 @@ async def test_racing_probe_outcomes_close_it_once(namespace: str, name: str) ->
             assert (await backend.breakers.snapshot(name, CONFIG)).state is CLOSED
 
 
-async def test_racing_failures_open_it_once(namespace: str, name: str) -> None:
+async def test_racing_failures_open_it_once(namespace: str, name: str, server_url: str) -> None:
     """Failures recorded at once by eight clients add up and open the breaker exactly once."""
-    async with clients(namespace, 8) as backends:
+    async with clients(namespace, 8, server_url) as backends:
         updates: list[BreakerUpdate] = []
 
         async def fail(backend: RedisBackend) -> None:

@@ -59,13 +59,23 @@ def namespace() -> str:
     return f"t{uuid.uuid4().hex[:16]}"
 
 
+@pytest.fixture(params=["standalone", "cluster"])
+def server_url(request: pytest.FixtureRequest) -> str:
+    """The shared redis-server, or the conftest's local 3-master Redis Cluster."""
+    if request.param == "cluster":
+        return cast("str", request.getfixturevalue("cluster_url"))
+    return REDIS_URL
+
+
 @asynccontextmanager
-async def clients(namespace: str, count: int) -> AsyncGenerator[list[RedisBackend]]:
+async def clients(
+    namespace: str, count: int, url: str = REDIS_URL
+) -> AsyncGenerator[list[RedisBackend]]:
     """``count`` backends on one server and namespace, as many processes would be."""
     async with AsyncExitStack() as stack:
         backends: list[RedisBackend] = []
         for _ in range(count):
-            backend = await stack.enter_async_context(connect(REDIS_URL, namespace=namespace))
+            backend = await stack.enter_async_context(connect(url, namespace=namespace))
             assert isinstance(backend, RedisBackend)
             backends.append(backend)
         stack.push_async_callback(backends[0].drop_namespace)
@@ -174,9 +184,9 @@ async def test_a_wait_wakes_at_the_next_expiry(backend: RedisBackend) -> None:
 # -- many clients -------------------------------------------------------------------------
 
 
-async def test_racing_clients_emit_one_expired_per_expiry(namespace: str) -> None:
+async def test_racing_clients_emit_one_expired_per_expiry(namespace: str, server_url: str) -> None:
     """Eight clients racing every kind of operation after expiries emit each expired once."""
-    async with clients(namespace, 8) as backends:
+    async with clients(namespace, 8, server_url) as backends:
         first = backends[0]
         agents = [AgentId("w", f"i{n}") for n in range(20)]
         for n, agent_id in enumerate(agents):
@@ -207,9 +217,11 @@ async def test_racing_clients_emit_one_expired_per_expiry(namespace: str) -> Non
             assert await backend.registry.sweep() == 0
 
 
-async def test_racing_registers_of_one_id_leave_one_session(namespace: str) -> None:
+async def test_racing_registers_of_one_id_leave_one_session(
+    namespace: str, server_url: str
+) -> None:
     """Eight clients registering one id at once: exactly one wins, the rest conflict."""
-    async with clients(namespace, 8) as backends:
+    async with clients(namespace, 8, server_url) as backends:
         alpha = AgentId("w", "alpha")
         outcomes: list[str] = []
 
@@ -231,9 +243,9 @@ async def test_racing_registers_of_one_id_leave_one_session(namespace: str) -> N
 # -- events across a reconnect ------------------------------------------------------------
 
 
-async def test_events_resume_after_a_reconnect(namespace: str) -> None:
+async def test_events_resume_after_a_reconnect(namespace: str, server_url: str) -> None:
     """A reader that closes its backend and reconnects continues from its cursor exactly."""
-    async with clients(namespace, 1) as (writer,):
+    async with clients(namespace, 1, server_url) as (writer,):
         registry = writer.registry
         start = (await registry.read_events()).next_cursor
         assert start is not None
@@ -241,7 +253,7 @@ async def test_events_resume_after_a_reconnect(namespace: str) -> None:
         cursor = start
         tokens: dict[AgentId, str] = {}
         for round_ in range(4):
-            async with connect(REDIS_URL, namespace=namespace) as reader:
+            async with connect(server_url, namespace=namespace) as reader:
                 for n in range(3):
                     agent_id = AgentId("w", f"r{round_}n{n}")
                     tokens[agent_id] = await registry.register(agent_id)
@@ -252,7 +264,7 @@ async def test_events_resume_after_a_reconnect(namespace: str) -> None:
             # Written while no reader is connected.
             for agent_id, token in list(tokens.items())[-2:]:
                 await registry.heartbeat(agent_id, token, load=float(round_ + 1))
-        async with connect(REDIS_URL, namespace=namespace) as last:
+        async with connect(server_url, namespace=namespace) as last:
             assert isinstance(last, RedisBackend)
             seen.extend(await all_events(last, cursor))
         everything = await all_events(writer, start)
