@@ -72,11 +72,12 @@ class Servers:
         self.binary = binary
         self.workdir = workdir
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.ports: dict[int, subprocess.Popen[bytes]] = {}
 
-    def start(self, *extra: str, bus: bool = False) -> int:
-        """Start one server on a free loopback port; return the port once it answers PING."""
-        port = free_port(bus=bus)
-        home = self.workdir / str(port)
+    def start(self, *extra: str, bus: bool = False, port: int | None = None) -> int:
+        """Start one server on a free loopback port (or ``port``); return it once it answers."""
+        port = free_port(bus=bus) if port is None else port
+        home = self.workdir / f"{port}-{len(self.procs)}"
         home.mkdir(parents=True)
         args = [self.binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
         args += ["--appendonly", "no", "--dir", str(home), *extra]
@@ -84,6 +85,7 @@ class Servers:
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )  # our own binary
         self.procs.append(proc)
+        self.ports[port] = proc
 
         def answers() -> bool:
             if proc.poll() is not None:
@@ -124,10 +126,17 @@ class Servers:
         wait_until(ready, "the cluster to form")
         return ports
 
+    def stop_one(self, port: int) -> None:
+        """Stop the server on ``port`` (by its pid) and wait until it has exited."""
+        proc = self.ports.pop(port)
+        proc.terminate()
+        proc.wait(timeout=10)
+
     def stop(self) -> None:
         """Stop every server started here, by pid."""
         for proc in self.procs:
-            proc.terminate()
+            if proc.poll() is None:
+                proc.terminate()
         for proc in self.procs:
             try:
                 proc.wait(timeout=10)
@@ -135,3 +144,4 @@ class Servers:
                 proc.kill()
                 proc.wait()
         self.procs.clear()
+        self.ports.clear()
