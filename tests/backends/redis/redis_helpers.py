@@ -100,6 +100,31 @@ class Servers:
         wait_until(answers, f"redis-server on port {port}")
         return port
 
+    def start_tls(self, *tls_args: str, ca_file: Path) -> int:
+        """Start a server that speaks only TLS (``tls_args`` name its files); return its port."""
+        port = free_port()
+        home = self.workdir / f"tls-{port}"
+        home.mkdir(parents=True)
+        args = [self.binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1"]
+        args += ["--save", "", "--appendonly", "no", "--dir", str(home), *tls_args]
+        # our own binary, fixed arguments
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(proc)
+        self.ports[port] = proc
+
+        def listens() -> bool:
+            if proc.poll() is not None:
+                msg = f"the TLS redis-server on port {port} exited with {proc.returncode}"
+                raise RuntimeError(msg)
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    return True
+            except OSError:
+                return False
+
+        wait_until(listens, f"the TLS redis-server on port {port}")
+        return port
+
     def start_cluster(self, nodes: int = 3) -> list[int]:
         """Start a Redis Cluster of ``nodes`` masters (no replicas); return their ports."""
         ports = [self.start("--cluster-enabled", "yes", bus=True) for _ in range(nodes)]

@@ -69,11 +69,17 @@ T = TypeVar("T")
 SCHEMES: Final = ("redis", "rediss", "redis+cluster")
 
 #: Driver options accepted in the URL query (passed to redis-py as they are).
-_CLIENT_OPTIONS: Final = {
+_CLIENT_OPTIONS: Final[dict[str, Callable[[str], object]]] = {
     "socket_timeout": float,
     "socket_connect_timeout": float,
     "health_check_interval": int,
     "max_connections": int,
+    # rediss:// only: the CA bundle to trust, the client's certificate and key (mutual TLS)
+    # and whether the server's certificate is required (required, optional, none).
+    "ssl_ca_certs": str,
+    "ssl_certfile": str,
+    "ssl_keyfile": str,
+    "ssl_cert_reqs": str,
 }
 
 
@@ -275,8 +281,10 @@ class RedisBackend:
 
         ``redis+cluster://[[user]:password@]host:port`` connects to a Redis Cluster through
         any of its nodes. Query parameters other than the core's options may be
-        ``socket_timeout``, ``socket_connect_timeout``, ``health_check_interval`` and
-        ``max_connections``.
+        ``socket_timeout``, ``socket_connect_timeout``, ``health_check_interval``,
+        ``max_connections`` and, with ``rediss://``, ``ssl_ca_certs``, ``ssl_certfile``,
+        ``ssl_keyfile`` and ``ssl_cert_reqs``. ACL credentials travel in the URL
+        (``redis://user:password@host``) and are masked in ``url``.
 
         Raises:
             ValidationError: An unknown scheme or option, or a database on a cluster URL.
@@ -292,10 +300,14 @@ class RedisBackend:
             if convert is None:
                 msg = f"unknown redis:// option {key!r} (known: {', '.join(_CLIENT_OPTIONS)})"
                 raise ValidationError(msg)
+            if key.startswith("ssl_") and scheme == "redis":
+                msg = f"{key} needs TLS: use rediss://"
+                raise ValidationError(msg)
             try:
                 client_options[key] = convert(value)
             except ValueError as exc:
-                msg = f"redis:// option {key}={value!r} is not a {convert.__name__}"
+                kind = getattr(convert, "__name__", "value")
+                msg = f"redis:// option {key}={value!r} is not a {kind}"
                 raise ValidationError(msg) from exc
         no_retry = Retry(NoBackoff(), 0)  # the driver's boundary retries, once, by class
         cluster = scheme == "redis+cluster"
