@@ -7,6 +7,7 @@ server's configuration is never touched.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 import warnings
@@ -196,6 +197,45 @@ async def test_a_waiting_consumer_wakes_at_the_earliest_due_time() -> None:
             got = await store.reserve(QUEUE, visibility_timeout=10, wait=10)
         assert [d.entry_id for d in got] == [entry_id]
         assert time.monotonic() - start < 2
+
+
+async def test_a_waiting_consumer_gets_an_expired_reservation_on_time() -> None:
+    async with fresh() as backend:
+        store = backend.queue
+        entry_id = await store.enqueue(message())
+        await store.reserve(QUEUE, visibility_timeout=0.4)  # a consumer that crashes
+        with anyio.fail_after(5):
+            start = time.monotonic()
+            got = await store.reserve(QUEUE, visibility_timeout=10, wait=10)
+        assert [(d.entry_id, d.attempt) for d in got] == [(entry_id, 2)]
+        assert 0.3 < time.monotonic() - start < 2
+
+
+@pytest.mark.slow
+async def test_an_idle_minute_costs_next_to_nothing(
+    private_server: str, round_trips: RoundTrips
+) -> None:
+    """The issue's measure: commands over an idle minute of waiting.
+
+    One reserve script, then BLPOP in blocks just under redis-py's socket timeout (5 s by
+    default: blocks of 4 s), nothing in between.
+    """
+    server = admin(private_server)
+    async with fresh(private_server) as backend:
+        store = backend.queue
+        await store.enqueue(message(), delay=3600)
+        await store.reserve(QUEUE, visibility_timeout=10)  # warm: connect, check, load
+        server.config_resetstat()
+        trips, got = await round_trips.measure(
+            lambda: store.reserve(QUEUE, visibility_timeout=10, wait=60)
+        )
+        assert got == []
+        calls = _commands(server)
+        block = backend.connection.max_block
+    server.close()
+    blocks = 1 if block is None else math.ceil(60 / block)
+    assert trips == 1 + blocks, (trips, blocks)
+    assert (calls.get("evalsha", 0), calls.get("blpop", 0)) == (1, blocks), calls
 
 
 async def test_many_waiting_consumers_all_get_work() -> None:

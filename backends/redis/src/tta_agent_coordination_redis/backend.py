@@ -49,6 +49,7 @@ from typing import Any, Final, Protocol, Self, TypeVar, cast
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import connection as redis_connection
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -105,7 +106,9 @@ class Connection:
         self._first_use = asyncio.Lock()
         get_kwargs: Callable[[], dict[str, Any]] = client.get_connection_kwargs
         kwargs = get_kwargs()
-        timeout = kwargs.get("socket_timeout")
+        # redis-py >= 6 gives every connection a 5 s socket timeout unless told otherwise.
+        default: object = getattr(redis_connection, "DEFAULT_SOCKET_TIMEOUT", None)
+        timeout = kwargs.get("socket_timeout", default)
         #: The longest a blocking command may block: under the client's socket timeout, so a
         #: long wait is cut into blocks that never look like a dead connection.
         self.max_block: float | None = (

@@ -362,19 +362,21 @@ class RedisQueueStore:
         visibility_ms = _ms(visibility, positive=True)
         give_up = time.monotonic() + waiting
         wake_key = self._connection.keys.queue(str(agent_id), "wake")
+        max_block = self._connection.max_block or math.inf
         while True:
             got, due_in = await self._reserve_now(agent_id, visibility_ms, count)
             if got or waiting == 0:
                 return got
-            remaining = give_up - time.monotonic()
-            if remaining <= 0:
-                return []
-            timeout = remaining if due_in is None else min(remaining, due_in + _DUE_SLACK)
-            if self._connection.max_block is not None:
-                timeout = min(timeout, self._connection.max_block)
-            woken = await self._block(wake_key, max(timeout, _MIN_BLOCK))
-            if not woken and time.monotonic() >= give_up:
-                return []  # the wait is over and nothing woke us: nothing to look at
+            due_at = math.inf if due_in is None else time.monotonic() + due_in + _DUE_SLACK
+            while True:  # block until woken or due; chunks that end quietly just block again
+                now = time.monotonic()
+                if now >= give_up:
+                    return []
+                timeout = min(give_up - now, max(due_at - now, 0.0), max_block)
+                if await self._block(wake_key, max(timeout, _MIN_BLOCK)):
+                    break
+                if time.monotonic() >= due_at:
+                    break
 
     async def _block(self, wake_key: str, seconds: float) -> bool:
         """Block on the queue's wake list; ``True`` if woken, ``False`` after ``seconds``."""
@@ -393,15 +395,11 @@ class RedisQueueStore:
         if not names:
             return
 
-        async def push(client: Redis) -> object:
-            async with client.pipeline(transaction=False) as pipe:
-                for raw in cast("list[bytes]", names):
-                    wake = keys.queue(_text(raw), "wake")
-                    pipe.lpush(wake, "1")
-                    pipe.ltrim(wake, 0, 0)
-                return await pipe.execute()
+        async def wake(name: str) -> None:
+            keys_ = [keys.queue(name, "info"), keys.queue(name, "wake")]
+            await self._connection.run_script("wake", keys_, [])
 
-        await self._connection.call(push, what="wake consumers")
+        await asyncio.gather(*(wake(_text(raw)) for raw in cast("list[bytes]", names)))
 
     # -- settling -----------------------------------------------------------------------------
 
