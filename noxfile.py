@@ -55,16 +55,30 @@ def _group(name: str) -> list[str]:
     return nox.project.dependency_groups(PYPROJECT, name)
 
 
-def _core_wheel(session: nox.Session) -> str:
-    """Build the core wheel once per nox run (every session installs the same file)."""
+def _build_wheels(session: nox.Session) -> None:
+    """Build every distribution's wheel once per nox run (sessions install the same files)."""
     marker = WHEELS / f"built-{os.getppid()}-{os.getpid()}"
-    if not marker.exists():
-        for old in WHEELS.glob("*"):
-            old.unlink()
-        WHEELS.mkdir(parents=True, exist_ok=True)
-        session.run("uv", "build", "--wheel", "--out-dir", str(WHEELS), "core", external=True)
-        marker.touch()
+    if marker.exists():
+        return
+    for old in WHEELS.glob("*"):
+        old.unlink()
+    WHEELS.mkdir(parents=True, exist_ok=True)
+    for distribution in ("core", "backends/redis"):
+        session.run("uv", "build", "--wheel", "--out-dir", str(WHEELS), distribution, external=True)
+    marker.touch()
+
+
+def _core_wheel(session: nox.Session) -> str:
+    """The core's wheel (built once per nox run)."""
+    _build_wheels(session)
     (wheel,) = WHEELS.glob("tta_agent_coordination-*.whl")
+    return str(wheel)
+
+
+def _redis_wheel(session: nox.Session) -> str:
+    """The Redis driver's wheel (built once per nox run)."""
+    _build_wheels(session)
+    (wheel,) = WHEELS.glob("tta_agent_coordination_redis-*.whl")
     return str(wheel)
 
 
@@ -80,7 +94,14 @@ def tests(session: nox.Session) -> None:
     """The test suite on the installed wheel, with the core's line coverage held at 100%."""
     if TEST_PYTHON == "3.11":
         session.warn("no Python >= 3.12 found: coverage on 3.11 undercounts (see noxfile)")
-    session.install(*REINSTALL, _core_wheel(session), *_group("test"))
+    session.install(
+        *REINSTALL,
+        "--reinstall-package",
+        "tta-agent-coordination-redis",
+        _core_wheel(session),
+        _redis_wheel(session),
+        *_group("test"),
+    )
     env = {
         "HYPOTHESIS_PROFILE": os.environ.get(
             "HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"
@@ -103,7 +124,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict and basedpyright in strict mode."""
-    session.install("-e", "./core", *_group("typecheck"))
+    session.install("-e", "./core", "-e", "./backends/redis", *_group("typecheck"))
     session.run("mypy")
     python = Path(session.virtualenv.location) / "bin" / "python"
     session.run("basedpyright", "--pythonpath", str(python))
