@@ -1,8 +1,8 @@
 """The stateful contract test against the memory driver, and proof that it has teeth.
 
 The machines of :mod:`tta_agent_coordination.testing.stateful` must pass on the memory driver
-(system and manual clock, and with ``clock_control`` hidden), and must fail on deliberately
-broken stores, served under test schemes through the plugin hook.
+(system and manual clock, and with ``clock_control`` hidden: then in scaled real time), and must
+fail on deliberately broken stores, served under test schemes through the plugin hook.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from types import TracebackType
 from typing import ClassVar, Self
 
 import pytest
-from hypothesis import Phase, settings
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
 
 from tta_agent_coordination import BackendOptions
 from tta_agent_coordination.backends._memory_breakers import MemoryBreakerStore
@@ -30,11 +31,17 @@ from tta_agent_coordination.models import (
 )
 from tta_agent_coordination.plugins import plugin_registry
 from tta_agent_coordination.testing.stateful import (
+    LAG_LIMIT,
+    REAL_STEP,
+    REAL_STEPS,
+    STATEFUL_SCALE,
     BreakerMachine,
     QueueMachine,
     RegistryMachine,
     StatefulContract,
+    _may_advance,  # pyright: ignore[reportPrivateUsage]
     bind,
+    controls_clock,
     machine_settings,
     run_machine,
 )
@@ -213,7 +220,7 @@ class TestStatefulManualClock(StatefulContract):
 
 
 class TestStatefulWithoutClockControl(StatefulContract):
-    """Without ``clock_control`` the time rules are not generated; the rest still runs."""
+    """Without ``clock_control`` the time rules run in scaled real time (real sleeps)."""
 
     url: ClassVar[str] = "smnoclock://"
 
@@ -258,6 +265,56 @@ def test_machine_settings_follow_the_profile() -> None:
     heavy = machine_settings(settings(max_examples=2000))
     assert heavy.stateful_step_count == 50
     assert heavy.deadline is None
+    assert heavy.max_examples == 2000
+
+
+def test_without_clock_control_a_tenth_of_the_examples_run() -> None:
+    real = machine_settings(settings(max_examples=30), clock_control=False)
+    assert (real.max_examples, real.stateful_step_count) == (3, 30)
+    assert machine_settings(settings(max_examples=5), clock_control=False).max_examples == 1
+
+
+def test_controls_clock_reads_the_capability() -> None:
+    assert controls_clock("memory://")
+    assert not controls_clock("smnoclock://")
+
+
+def test_scripted_scaled_real_time() -> None:
+    machine = bind(QueueMachine, "smnoclock://")()
+    try:
+        assert (machine.clock_control, machine.scale) == (False, STATEFUL_SCALE)
+        assert not _may_advance(machine)  # no call yet since the start
+        expiring = enqueue(machine, ttl=15.0)  # and stats: two calls
+        assert not _may_advance(machine)
+        checked(machine)
+        assert _may_advance(machine)
+        machine.advance(seconds=30.0)  # without clock_control every step is REAL_STEP
+        assert machine.clock.now == REAL_STEP
+        assert not _may_advance(machine)
+        checked(machine)
+        assert expiring not in machine.model.dead
+        machine.advance(seconds=30.0)
+        checked(machine)  # 20 s: the backend dead-lettered it too
+        assert expiring in machine.model.dead
+        for _ in range(REAL_STEPS - 2):
+            machine.advance(seconds=10.0)
+        checked(machine)
+        assert machine.lag() < LAG_LIMIT
+        assert not _may_advance(machine)  # the example's steps are spent
+        machine.origin -= LAG_LIMIT * machine.scale  # as if a call took that long
+        noted: list[bool] = []
+
+        @given(st.none())
+        @settings(max_examples=1, database=None)
+        def in_a_test(_: None) -> None:  # (hypothesis notes only inside a test)
+            machine.stats_agree()
+            noted.append(machine.lag_noted)
+            machine.stats_agree()  # noted once
+
+        in_a_test()
+        assert noted == [True]
+    finally:
+        machine.teardown()
 
 
 # -- scripted runs: rare paths, step by step ----------------------------------------------------
