@@ -18,7 +18,7 @@ from typing import Any, cast
 import anyio
 import pytest
 import redis as sync_redis
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
 
@@ -31,7 +31,8 @@ from tta_agent_coordination.errors import (
     ValidationError,
 )
 from tta_agent_coordination.models import AgentId, AgentMessage, EnqueueRequest
-from tta_agent_coordination_redis import LAYOUT_VERSION, RedisBackend
+from tta_agent_coordination.settings import BackendOptions
+from tta_agent_coordination_redis import LAYOUT_VERSION, RedisBackend, _scripts
 from tta_agent_coordination_redis._errors import boundary, translate
 from tta_agent_coordination_redis.plugin import tta_backend_from_client, tta_backend_schemes
 
@@ -420,3 +421,86 @@ async def test_the_boundary_does_not_retry_an_error_reply() -> None:
     with pytest.raises(BackendUnavailableError):
         async with translate("test"):
             raise sync_redis.ConnectionError("gone")
+
+
+# -- input checks and small paths ----------------------------------------------------------
+
+
+async def test_bad_arguments_are_validation_errors() -> None:
+    async with fresh() as backend:
+        store = backend.queue
+        await store.enqueue(message())
+        (delivery,) = await store.reserve(QUEUE, visibility_timeout=10)
+        with pytest.raises(ValidationError):
+            await store.reserve(QUEUE, visibility_timeout=10, max_messages="3")  # type: ignore[arg-type]
+        with pytest.raises(ValidationError):
+            await store.nack(delivery.receipt, error=5)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError):
+            await store.ack(5)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError):
+            await store.enqueue_many("x")  # type: ignore[arg-type]
+        with pytest.raises(ValidationError):
+            await store.ack_many("x")
+        with pytest.raises(ValidationError):
+            await store.dead_letters(QUEUE, cursor="x")
+        with pytest.raises(ValidationError):
+            await store.stats_all(cursor="bad cursor")
+        with pytest.raises(ValidationError):
+            await backend.clock.advance(-1)
+        assert await store.ack(delivery.receipt)
+
+
+async def test_stats_all_of_an_empty_namespace_and_of_a_vanished_queue() -> None:
+    async with fresh() as backend:
+        assert (await backend.queue.stats_all()).items == []
+        await backend.queue.enqueue(message())
+        client = admin(REDIS_URL)
+        client.zadd(backend.connection.keys.queues, {"ghost": 0})  # listed, but has no keys
+        client.close()
+        page = await backend.queue.stats_all()
+        assert [s.queue for s in page.items] == [QUEUE]
+
+
+def test_urls_are_checked_and_masked() -> None:
+    ipv6 = connect("redis://user:pw@[::1]:6379/0")
+    assert ipv6.url.startswith("redis://user:***@[::1]:6379/0")
+    assert connect("redis://:pw@localhost/0").url.startswith("redis://:***@localhost/0")
+    options = BackendOptions()
+    with pytest.raises(ValidationError, match="serves"):
+        RedisBackend.from_url("memory://", options)
+    for bad in (
+        "redis://localhost/0?ssl_ca_certs=/x",
+        "redis://localhost/0?socket_timeout=soon",
+        "redis+cluster://localhost:7000/3",
+    ):
+        with pytest.raises(ValidationError):
+            connect(bad)
+
+
+async def test_aclose_is_idempotent_and_a_foreign_client_is_not_closed() -> None:
+    backend = connect(REDIS_URL)
+    await backend.aclose()
+    await backend.aclose()
+    client = Redis.from_url(REDIS_URL)
+    wrapped = RedisBackend(client)
+    assert wrapped.url == "redis://(client)"
+    assert wrapped.client is client
+    await wrapped.aclose()
+    assert await client.ping()
+    await client.aclose()
+
+
+def test_from_client_ignores_other_redis_objects() -> None:
+    assert tta_backend_from_client(ConnectionPool(), "x") is None
+
+
+def test_an_include_is_inlined_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = {"top": "--#include a\n--#include b\nTOP", "a": "--#include b\nA", "b": "B"}
+    monkeypatch.setattr(_scripts, "_read", texts.__getitem__)
+    assert _scripts.load_script("top") == "B\nA\n-- (included above: b)\nTOP"
+
+
+async def test_translate_turns_error_replies_into_backend_errors() -> None:
+    with pytest.raises(BackendError, match="WRONGTYPE"):
+        async with translate("test"):
+            raise sync_redis.ResponseError("WRONGTYPE")

@@ -30,18 +30,15 @@ one small internal object, :class:`Connection`, which is the driver's whole inte
         script's KEYS must all share one hash tag, and queue scripts get the clock offset as an
         argument (``clock_arg()``) instead of reading the namespace's clock key.
 
-A store module ``registry.py`` (``RedisRegistryStore``) or ``breakers.py``
-(``RedisBreakerStore``) is wired in when it exists: its class is built as
-``Store(connection, options)`` and may define ``async def drop(self) -> None``, which
-``drop_namespace`` awaits to delete the store's keys from the store's own indexes, and
-``async def wake_all(self) -> None``, which ``clock.advance`` awaits so that the store's
-waiting readers re-check their due times.
+Each store is built as ``Store(connection, options)`` and has ``async def drop(self)``, which
+``drop_namespace`` awaits to delete the store's keys from the store's own indexes; the queue
+and the registry also have ``async def wake_all(self)``, which ``clock.advance`` awaits so
+that their waiting readers re-check their due times.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
@@ -54,13 +51,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tta_agent_coordination.errors import BackendConfigWarning, ValidationError
-from tta_agent_coordination.protocols import BreakerStore, RegistryStore
 from tta_agent_coordination.settings import BackendOptions
 
 from ._errors import boundary
 from ._scripts import ScriptRunner
+from .breakers import RedisBreakerStore
 from .keys import Keys
 from .queue import RedisQueueStore
+from .registry import RedisRegistryStore
 
 __all__ = ["SCHEMES", "Connection", "RedisBackend", "RedisClock", "from_url"]
 
@@ -82,6 +80,13 @@ _CLIENT_OPTIONS: Final[dict[str, Callable[[str], object]]] = {
     "ssl_keyfile": str,
     "ssl_cert_reqs": str,
 }
+
+
+def _policy(reply: object) -> str:
+    """The policy in a ``CONFIG GET`` reply (nested by node on a cluster); ``""`` if none."""
+    while isinstance(reply, dict) and reply:
+        reply = next(iter(cast("dict[object, object]", reply).values()))
+    return reply.decode() if isinstance(reply, bytes) else reply if isinstance(reply, str) else ""
 
 
 class Connection:
@@ -131,17 +136,10 @@ class Connection:
         if self.cluster:
             await self.load_offset()
         try:
-            reply: object = await self.client.config_get("maxmemory-policy")
+            policy = _policy(await self.client.config_get("maxmemory-policy"))
         except Exception:  # noqa: BLE001  # CONFIG may be disabled (managed Redis): not an error
             return
-        while isinstance(reply, dict) and reply:  # a cluster client nests replies by node
-            reply = next(iter(cast("dict[object, object]", reply).values()))
-        policy = ""
-        if isinstance(reply, bytes):
-            policy = reply.decode()
-        elif isinstance(reply, str):
-            policy = reply
-        if policy and policy != "noeviction":
+        if policy not in {"noeviction", ""}:
             warnings.warn(
                 f"redis maxmemory-policy is {policy!r}: the server may evict queue keys, which"
                 " loses messages; set it to 'noeviction'",
@@ -177,10 +175,6 @@ class Connection:
         return int(await self.run_script("now", [self.keys.clock], []))
 
 
-class _Dropper(Protocol):
-    async def drop(self) -> None: ...
-
-
 class _Waker(Protocol):
     async def wake_all(self) -> None: ...
 
@@ -193,7 +187,7 @@ class RedisClock:
     so they re-check their due entries.
     """
 
-    def __init__(self, connection: Connection, wakers: Sequence[object]) -> None:
+    def __init__(self, connection: Connection, wakers: Sequence[_Waker]) -> None:
         self._connection = connection
         self._wakers = wakers
 
@@ -212,8 +206,7 @@ class RedisClock:
         offset = await self._connection.run_script("advance", [keys.clock], [round(seconds * 1000)])
         self._connection.offset_ms = int(offset)
         for store in self._wakers:
-            if hasattr(store, "wake_all"):
-                await cast("_Waker", store).wake_all()
+            await store.wake_all()
 
 
 def _masked(parts: SplitResult) -> str:
@@ -262,21 +255,10 @@ class RedisBackend:
             capabilities.add("cluster")
         self._capabilities = frozenset(capabilities)
         self._queue = RedisQueueStore(self._connection, self._options)
-        self._registry: RegistryStore | None = self._optional("registry", "RedisRegistryStore")
-        self._breakers: BreakerStore | None = self._optional("breakers", "RedisBreakerStore")
-        wakers = [s for s in (self._queue, self._registry, self._breakers) if s is not None]
-        self._clock = RedisClock(self._connection, wakers)
+        self._registry = RedisRegistryStore(self._connection, self._options)
+        self._breakers = RedisBreakerStore(self._connection, self._options)
+        self._clock = RedisClock(self._connection, [self._queue, self._registry])
         self._closed = False
-
-    def _optional(self, module: str, name: str) -> Any:
-        """Build a store from a sibling module if that module exists yet."""
-        try:
-            found = importlib.import_module(f"{__package__}.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.{module}":
-                raise
-            return None
-        return getattr(found, name)(self._connection, self._options)
 
     @classmethod
     def from_url(cls, url: str, options: BackendOptions) -> RedisBackend:
@@ -367,27 +349,13 @@ class RedisBackend:
         return self._queue
 
     @property
-    def registry(self) -> RegistryStore:
-        """The registry store.
-
-        Raises:
-            NotImplementedError: This build of the driver has no registry store yet.
-        """
-        if self._registry is None:
-            msg = "the redis registry store is not available in this build yet"
-            raise NotImplementedError(msg)
+    def registry(self) -> RedisRegistryStore:
+        """The registry store."""
         return self._registry
 
     @property
-    def breakers(self) -> BreakerStore:
-        """The breaker store.
-
-        Raises:
-            NotImplementedError: This build of the driver has no breaker store yet.
-        """
-        if self._breakers is None:
-            msg = "the redis breaker store is not available in this build yet"
-            raise NotImplementedError(msg)
+    def breakers(self) -> RedisBreakerStore:
+        """The breaker store."""
         return self._breakers
 
     @property
@@ -398,10 +366,8 @@ class RedisBackend:
     async def drop_namespace(self) -> None:
         """Remove everything this backend wrote in its namespace, from its own indexes."""
         await self._queue.drop_all()
-        for store in (self._registry, self._breakers):
-            drop = getattr(store, "drop", None)
-            if drop is not None:
-                await cast("_Dropper", store).drop()
+        await self._registry.drop()
+        await self._breakers.drop()
         keys = self._connection.keys
         await self._connection.call(
             lambda c: c.delete(keys.clock, keys.queues, keys.idle), what="drop namespace"
