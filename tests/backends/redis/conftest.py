@@ -1,8 +1,10 @@
 """Find a real redis-server for the Redis driver's tests, and start private ones.
 
 ``TTA_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``) names the shared server. When it cannot
-be reached the tests are skipped with the reason, except under ``CI=true``, where an
-unreachable server fails the run loudly: CI must never turn green by skipping the driver.
+be reached and ``redis-server`` is installed, a throw-away server is started on a free loopback
+port for the run (and stopped by its pid at the end). When neither holds the tests are skipped
+with the reason, except under ``CI=true``, where the run fails loudly: CI must never turn green
+by skipping the driver.
 
 Tests that change a server's configuration, flush its scripts or need a Redis Cluster get
 private servers (``private_server``, ``cluster_url``): started from the ``redis-server`` binary
@@ -14,11 +16,36 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from redis_helpers import REDIS_URL, Servers, reachable
+import redis_helpers
+from redis_helpers import Servers, reachable
+
+_throwaway: list[Servers] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start a throw-away redis-server when the configured one is unreachable."""
+    binary = shutil.which("redis-server")
+    if reachable(redis_helpers.REDIS_URL) is None or binary is None:
+        return
+    started = Servers(binary, Path(tempfile.mkdtemp(prefix="tta-redis-")))
+    port = started.start()
+    _throwaway.append(started)
+    # test modules import REDIS_URL after this (at collection): they get the throw-away one
+    redis_helpers.REDIS_URL = f"redis://127.0.0.1:{port}/0"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop the throw-away server, by its pid."""
+    while _throwaway:
+        started = _throwaway.pop()
+        started.stop()
+        shutil.rmtree(started.workdir, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -26,13 +53,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     mine = [item for item in items if str(item.path).startswith(here)]
     if not mine:
         return
-    problem = reachable(REDIS_URL)
+    problem = reachable(redis_helpers.REDIS_URL)
     if problem is None:
         return
     if os.environ.get("CI", "").lower() == "true":
-        raise pytest.UsageError(f"CI=true and the Redis tests cannot run: {problem}")
+        msg = (
+            f"CI=true and the Redis tests cannot run: {problem}, and redis-server is not installed"
+        )
+        raise pytest.UsageError(msg)
     for item in mine:
-        item.add_marker(pytest.mark.skip(reason=problem))
+        item.add_marker(pytest.mark.skip(reason=f"{problem}; redis-server is not installed"))
 
 
 def _no_server_binary() -> str:
