@@ -149,6 +149,49 @@ async def test_every_operation_is_one_round_trip(round_trips: RoundTrips) -> Non
         assert counts == dict.fromkeys(counts, 1), counts
 
 
+async def test_every_other_queue_operation_is_one_round_trip(round_trips: RoundTrips) -> None:
+    async with fresh() as backend:
+        store = backend.queue
+        other = AgentId("rt", "q2")
+
+        async def cycle() -> dict[str, int]:
+            await store.enqueue(message())
+            (delivery,) = await store.reserve(QUEUE, visibility_timeout=10)
+            await store.dead_letter(delivery.receipt, reason="x")
+            counts: dict[str, int] = {}
+            counts["dead_letters"], page = await round_trips.measure(
+                lambda: store.dead_letters(QUEUE)
+            )
+            entry_id = page.items[0].entry_id
+            counts["dead_letter_count"], _ = await round_trips.measure(
+                lambda: store.dead_letter_count(QUEUE)
+            )
+            counts["get_dead_letter"], _ = await round_trips.measure(
+                lambda: store.get_dead_letter(QUEUE, entry_id)
+            )
+            counts["replay_dead_letters"], _ = await round_trips.measure(
+                lambda: store.replay_dead_letters(QUEUE, [entry_id])
+            )
+            (delivery,) = await store.reserve(QUEUE, visibility_timeout=10)
+            await store.dead_letter(delivery.receipt, reason="x")
+            counts["purge_dead_letters"], _ = await round_trips.measure(
+                lambda: store.purge_dead_letters(QUEUE)
+            )
+            counts["set_queue_ttl"], _ = await round_trips.measure(
+                lambda: store.set_queue_ttl(other, 100)
+            )
+            counts["queues"], _ = await round_trips.measure(store.queues)
+            counts["drop_queue"], _ = await round_trips.measure(lambda: store.drop_queue(other))
+            counts["clock.now"], _ = await round_trips.measure(backend.clock.now)
+            return counts
+
+        await cycle()
+        counts = await cycle()
+        assert counts == dict.fromkeys(counts, 1), counts
+        trips, page = await round_trips.measure(lambda: store.stats_all(limit=10))
+        assert (trips, [s.queue for s in page.items]) == (2, [QUEUE])  # the index, the stats
+
+
 async def test_round_trips_do_not_grow_with_the_queue(round_trips: RoundTrips) -> None:
     async with fresh() as backend:
         store = backend.queue

@@ -591,26 +591,45 @@ class RedisQueueStore:
         agent_id = _check_queue(queue)
         return self._stats(agent_id, await self._run("inspect", str(agent_id), "stats"))
 
-    async def _drop_idle(self) -> None:
-        """Drop the namespace's queues whose idle ttl lapsed (from the idle index)."""
-        keys = self._connection.keys
-        if not self._connection.cluster:
-            due = await self._connection.run_script("idle_due", [keys.clock, keys.idle], [])
-            for raw in cast("list[bytes]", due):
-                await self._run("manage", _text(raw), "drop_idle")
-            return
-        # Cluster: the idle index only lists queues with a ttl; each queue knows its own time.
-        names = await self._connection.call(lambda c: c.zrange(keys.idle, 0, -1), what="idle")
-        for raw in cast("list[bytes]", names):
+    async def _index(self, *args: Any) -> list[str]:
+        """Names from the queue index, leaving out (and dropping) queues whose idle ttl lapsed.
+
+        On a single server this is one script (``index.lua``), plus one drop script per lapsed
+        queue when there are any. On a cluster each queue with an idle ttl knows its own time:
+        the idle index lists them, one script asks each, then the index is read.
+        """
+        connection = self._connection
+        keys = connection.keys
+        if not connection.cluster:
+            reply = cast(
+                "list[list[bytes]]",
+                await connection.run_script("index", [keys.clock, keys.queues, keys.idle], args),
+            )
+            names, lapsed = ([_text(n) for n in part] for part in reply)
+            for name in lapsed:
+                await self._run("manage", name, "drop_idle")
+            return names
+        with_ttl = await connection.call(lambda c: c.zrange(keys.idle, 0, -1), what="idle")
+        for raw in cast("list[bytes]", with_ttl):
             name = _text(raw)
             gone = int(await self._run("manage", name, "drop_idle"))
             if gone:
                 await self._unindexed(name, keep=gone == 2)
+        if args[0] == "all":
+            raw_names = await connection.call(lambda c: c.zrange(keys.queues, 0, -1), what="queues")
+        else:
+            low = "-" if not args[1] else f"({args[1]}"
+            raw_names = await connection.call(
+                lambda c: c.zrangebylex(keys.queues, low, "+", start=0, num=int(args[2]) + 1),
+                what="stats all",
+            )
+        return [_text(n) for n in cast("list[bytes]", raw_names)]
 
     async def stats_all(self, *, limit: int = 100, cursor: str | None = None) -> Page[QueueStats]:
         """Stats of up to ``limit`` (1..1000) queues, ordered by ``str(queue)``.
 
-        One read of the index and one pipeline of ``limit`` stats scripts.
+        One script reads a page of the index (leaving out lapsed queues) and one pipeline
+        sends the page's stats scripts: two round trips on a single server.
 
         Raises:
             ValidationError: A bad ``limit`` or ``cursor``.
@@ -620,14 +639,7 @@ class RedisQueueStore:
             not isinstance(cursor, str) or _QUEUE_NAME.fullmatch(cursor) is None  # pyright: ignore[reportUnnecessaryIsInstance]  # runtime guard
         ):
             raise _fail(f"{cursor!r} is not a stats cursor")
-        await self._drop_idle()
-        keys = self._connection.keys
-        low = "-" if cursor is None else f"({cursor}"
-        raw_names = await self._connection.call(
-            lambda c: c.zrangebylex(keys.queues, low, "+", start=0, num=size + 1),
-            what="stats all",
-        )
-        names = [_text(n) for n in cast("list[bytes]", raw_names)]
+        names = await self._index("page", cursor or "", size)
         more = len(names) > size
         names = names[:size]
         if not names:
@@ -657,10 +669,7 @@ class RedisQueueStore:
 
     async def queues(self) -> list[AgentId]:
         """Every queue that exists (from its first enqueue until dropped), from the index."""
-        await self._drop_idle()
-        keys = self._connection.keys
-        names = await self._connection.call(lambda c: c.zrange(keys.queues, 0, -1), what="queues")
-        return sorted(AgentId.parse(_text(n)) for n in cast("list[bytes]", names))
+        return sorted(AgentId.parse(name) for name in await self._index("all"))
 
     async def drop_queue(self, queue: AgentId) -> int:
         """Remove a queue, its entries, dead letters and index entry.
