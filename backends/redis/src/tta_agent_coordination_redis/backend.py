@@ -114,10 +114,11 @@ class Connection:
         # redis-py >= 6 gives every connection a 5 s socket timeout unless told otherwise.
         default: object = getattr(redis_connection, "DEFAULT_SOCKET_TIMEOUT", None)
         timeout = kwargs.get("socket_timeout", default)
-        #: The longest a blocking command may block: under the client's socket timeout, so a
-        #: long wait is cut into blocks that never look like a dead connection.
+        #: The longest a blocking command may block: half the client's socket timeout (the
+        #: other half is the reply's margin on a busy server), so a long wait is cut into
+        #: blocks that never look like a dead connection.
         self.max_block: float | None = (
-            None if not isinstance(timeout, int | float) else max(0.01, 0.8 * float(timeout))
+            None if not isinstance(timeout, int | float) else max(0.01, 0.5 * float(timeout))
         )
 
     async def _check_server(self) -> None:

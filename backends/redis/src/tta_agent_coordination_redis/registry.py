@@ -352,13 +352,11 @@ class RedisRegistryStore:
     async def _block(self, position: int, seconds: float) -> None:
         """Block until an event after ``position`` is appended or ``seconds`` pass."""
         key = self._events_key
-        client = self._connection.client
-        kwargs: dict[str, Any] = client.get_connection_kwargs()  # type: ignore[no-untyped-call]
-        socket_timeout = kwargs.get("socket_timeout")  # Redis and RedisCluster alike
-        if isinstance(socket_timeout, int | float) and socket_timeout > 0:
-            # A block near the socket timeout would end in a timeout error: block for half of
-            # it (the other half is the reply's margin) and read again (the caller loops).
-            seconds = min(seconds, socket_timeout / 2)
+        max_block = self._connection.max_block
+        if max_block is not None:
+            # A block near the socket timeout would end in a timeout error: block for at most
+            # the connection's max_block and read again (the caller loops).
+            seconds = min(seconds, max_block)
         milliseconds = max(1, math.ceil(seconds * 1000))
 
         async def xread(client: Redis) -> object:
