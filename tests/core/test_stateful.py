@@ -240,10 +240,13 @@ def test_the_machines_catch_broken_stores(
     machine: type[QueueMachine | RegistryMachine | BreakerMachine], url: str, complaint: str
 ) -> None:
     # Finding the bug is fast; shrinking it (done when the sequences were first found, see
-    # the commit message) is slow and proves nothing more here.
+    # the commit message) is slow and proves nothing more here. Even derandomised, the examples
+    # depend on the modules loaded before (hypothesis draws constants found in their source):
+    # release-counts was found within 34 examples alone, but took 297 in one ordering of the
+    # suite. The limit leaves room for that.
     base = settings(
         derandomize=True,
-        max_examples=300,
+        max_examples=1000,
         database=None,
         report_multiple_bugs=False,
         phases=[Phase.explicit, Phase.generate],
