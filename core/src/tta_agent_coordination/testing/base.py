@@ -13,10 +13,11 @@ duration it gives the backend through :meth:`Timeline.d`, and moves time with
 The tests are written in "test seconds" either way: deadlines in units of 10, checks after a
 deadline at least 1 past it (a real sleep never ends early, so that direction has no race), and
 checks before a deadline at least 8 before it (that direction races the machine: 8 test
-seconds are 160 ms of real time, against a few milliseconds of operations). They assert order
-and counts, never latency. A driver whose operations take longer (a remote service) raises
-``time_scale`` on its test class. The few tests that are about the controllable clock itself
-take the ``clock`` fixture, which skips (naming the capability) when the backend has none.
+seconds are 160 ms of real time, against a few milliseconds of operations; ``retry_after``
+ranges keep 5). They assert order and counts, never latency. A driver whose operations take
+longer (a remote service) raises ``time_scale`` on its test class. The few tests that are
+about the controllable clock itself take the ``clock`` fixture, which skips (naming the
+capability) when the backend has none.
 """
 
 from __future__ import annotations
