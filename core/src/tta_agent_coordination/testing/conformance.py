@@ -8,9 +8,10 @@ A driver author's whole test file::
         url = "acme://localhost"
 
 or no file at all: ``pytest --pyargs tta_agent_coordination.testing --tta-backend=acme://...``.
-Each test runs in a namespace of its own and drops it afterwards. Optional capabilities
-(``cluster``, ``tls``, ``clock_control``) that the backend does not declare are skipped and
-reported; everything else is mandatory. Overriding a suite test needs a stated reason:
+Each test runs in a namespace of its own and drops it afterwards. Tests of time run instantly
+on a backend with ``clock_control`` and in scaled real time without it; the few tests that need
+an optional capability the backend does not declare are skipped and listed at the end of the
+run. Everything else is mandatory. Overriding a suite test needs a stated reason:
 decorate the override with :func:`override_reason`.
 """
 
