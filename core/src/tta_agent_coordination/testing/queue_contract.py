@@ -650,9 +650,10 @@ class QueueContract(BackendTestBase):
         await store.set_queue_ttl(QUEUE, None)
         await timeline.advance(20)
         assert await store.queues() == [QUEUE]
-        for bad in (0, -1, float("nan"), "10"):
+        bad_ttls: list[Any] = [0, -1, float("nan"), "10"]  # Any: wrong types on purpose
+        for bad in bad_ttls:
             with pytest.raises(ValidationError):
-                await store.set_queue_ttl(OTHER, bad)  # type: ignore[arg-type]
+                await store.set_queue_ttl(OTHER, bad)
         assert await store.queues() == [QUEUE]
 
     async def test_drop_queue_makes_receipts_stale(self, backend: Backend) -> None:
@@ -903,20 +904,21 @@ class QueueContract(BackendTestBase):
         store = backend.queue
         await store.enqueue(message())
         delivery = await reserve_one(store)
+        wrong: Any = "not a message"  # wrong types on purpose
         bad_calls: list[Any] = [
-            lambda: store.enqueue("not a message"),  # type: ignore[arg-type]
+            lambda: store.enqueue(wrong),
             lambda: store.enqueue(message(), delay=-1),
             lambda: store.enqueue(message(), max_attempts=0),
             lambda: store.enqueue(message(), entry_id=""),
             lambda: store.enqueue(message(), dedup_key=""),
-            lambda: store.enqueue_many(["x"]),  # type: ignore[list-item]
+            lambda: store.enqueue_many([wrong]),
             lambda: store.reserve(QUEUE, visibility_timeout=0),
             lambda: store.reserve(QUEUE, visibility_timeout=-1),
             lambda: store.reserve(QUEUE, visibility_timeout=float("nan")),
             lambda: store.reserve(QUEUE, visibility_timeout=10, max_messages=0),
             lambda: store.reserve(QUEUE, visibility_timeout=10, max_messages=1001),
             lambda: store.reserve(QUEUE, visibility_timeout=10, wait=-1),
-            lambda: store.reserve("contract:q1", visibility_timeout=10),  # type: ignore[arg-type]
+            lambda: store.reserve(wrong, visibility_timeout=10),
             lambda: store.nack(delivery.receipt, delay=-1),
             lambda: store.extend(delivery.receipt, visibility_timeout=0),
             lambda: store.dead_letter(delivery.receipt, reason=""),
