@@ -295,7 +295,7 @@ def test_send_from_the_argument(env: Env) -> None:
     dry = env.run("send", "worker:w1", '{"a": 1}', "--priority", "9", "--delay", "30", "--dry-run")
     assert dry.exit_code == 0
     assert dry.stdout.strip() == (
-        'would send a event message (priority 9, delay 30s) to worker:w1: {"a": 1}'
+        'would send a message of type event (priority 9, delay 30s) to worker:w1: {"a": 1}'
     )
     assert env.json("queues") == []
     assert env.run("send", "worker:w1", '{"a": 1}', stdin="n\n").exit_code == 1

@@ -285,7 +285,7 @@ def dlq_list(
     else:
         table = Table(title=f"Dead letters of {queue}")
         table.add_column("Entry ID", no_wrap=True)
-        table.add_column("Reason")
+        table.add_column("Reason", no_wrap=True)
         table.add_column("Attempts", justify="right")
         table.add_column("Dead at", no_wrap=True)
         table.add_column("Error", overflow="fold")
@@ -550,7 +550,7 @@ def send(
     async def action(backend: Backend) -> None:
         target = _queue(queue)
         what = (
-            f"a {message_type} message (priority {priority}"
+            f"a message of type {message_type} (priority {priority}"
             + (f", delay {delay:g}s" if delay else "")
             + f") to {target}: {json.dumps(body)}"
         )
