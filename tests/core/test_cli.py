@@ -406,3 +406,10 @@ def test_main_runs_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 0
+
+
+def test_a_usage_error_is_exit_2_and_changes_nothing(env: Env) -> None:
+    result = env.run("send", "worker:w1", "--priority", "12", "--yes")
+    assert result.exit_code == 2
+    assert "--priority" in result.stderr
+    assert env.json("queues") == []

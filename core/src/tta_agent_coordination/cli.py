@@ -188,7 +188,9 @@ YesFlag = Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking
 DryRunFlag = Annotated[
     bool, typer.Option("--dry-run", help="Print what would be done; change nothing.")
 ]
-QueueArg = Annotated[str, typer.Argument(help="The queue: TYPE (shared) or TYPE:INSTANCE.")]
+QueueArg = Annotated[
+    str, typer.Argument(metavar="QUEUE", help="The queue: TYPE (shared) or TYPE:INSTANCE.")
+]
 
 
 # -- queues and stats ---------------------------------------------------------------------------
@@ -494,7 +496,7 @@ def breakers(
 @breakers_app.command("reset")
 def breakers_reset(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="The breaker's name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The breaker's name.")],
     yes: YesFlag = False,
     dry_run: DryRunFlag = False,
 ) -> None:
@@ -532,7 +534,7 @@ def send(
     *,
     queue: QueueArg,
     payload: Annotated[
-        str, typer.Argument(metavar="[JSON|-]", help="The JSON payload; - reads it from stdin.")
+        str, typer.Argument(metavar="JSON|-", help="The JSON payload; - reads it from stdin.")
     ] = "{}",
     priority: Annotated[int, typer.Option(min=0, max=9, help="0..9, higher first.")] = 5,
     delay: Annotated[float, typer.Option(min=0.0, help="Seconds before it is due.")] = 0.0,
