@@ -238,3 +238,18 @@ async def test_source_time_and_consumed_entries(source: tuple[Redis, str], targe
     again = await migrate_original(client, prefix, target)
     assert again.total_moved == 0
     assert (await target.queue.stats(w2)).ready == 1
+
+
+async def test_busy_target_queue(source: tuple[Redis, str]) -> None:
+    """More entries of others than one reserve returns, ahead of ours: all handed back."""
+    client, prefix = source
+    async with connect("memory://") as target:
+        shared = AgentId(WB)
+        busy = [AgentMessage(sender=AgentId("a"), recipient=shared, priority=9) for _ in range(700)]
+        for message in busy:
+            await target.queue.enqueue(message)
+        await migrate_original(client, prefix, target)
+        stats = await target.queue.stats(shared)
+        assert (stats.ready, stats.delayed, stats.reserved, stats.dead) == (701, 1, 0, 2)
+        deliveries = await target.queue.reserve(shared, visibility_timeout=30, max_messages=1000)
+        assert {d.attempt for d in deliveries} == {1}

@@ -26,7 +26,9 @@ id) and a mismatch reported. Instance ``default`` (or none) is the type's shared
 The store has no "write a dead letter" operation, so a dead letter (and a reserved entry's
 attempt count) is made with the queue operations: enqueue with its entry id, reserve the
 queue's ready entries, ``nack`` ours until the attempt count is reached, then ``dead_letter``
-(or ``release``) it; other entries reserved on the way are released (no attempt counted).
+(or ``release``) it; other entries reserved on the way are held until the queue has no due
+entry left, then released (no attempt counted; a kill in that moment lets them come back after
+a minute's visibility timeout, with an attempt counted).
 Every entry id is derived from its source (a hash of the key and the member), and the
 target remembers entry ids (``entry_id_retention``), so a second run writes nothing, and a
 run killed in the middle and run again loses and duplicates nothing.
@@ -347,30 +349,30 @@ class _Migration:
         """Nack our entries up to their attempt count, then dead-letter or release them."""
         q = self.target.queue
         while pending:
-            ready = (await q.stats(queue)).ready
-            if ready == 0:
-                return
-            deliveries = await q.reserve(
-                queue, visibility_timeout=_VISIBILITY, max_messages=min(ready, _RESERVE_BATCH)
-            )
+            held: list[str] = []
             found = False
-            for delivery in deliveries:
-                item = pending.get(delivery.entry_id)
-                if item is None:
-                    await q.release(delivery.receipt)
-                    continue
-                found = True
-                if delivery.attempt < item.attempts:
-                    await q.nack(delivery.receipt, delay=0.0)
-                elif item.kind == "dead":
-                    await q.dead_letter(
-                        delivery.receipt, reason=DeadLetterReason.MIGRATED, error=item.error
-                    )
-                    del pending[item.entry_id]
-                else:
-                    await q.release(delivery.receipt)
-                    del pending[item.entry_id]
-            if not found and ready <= _RESERVE_BATCH:
+            while deliveries := await q.reserve(
+                queue, visibility_timeout=_VISIBILITY, max_messages=_RESERVE_BATCH
+            ):
+                for delivery in deliveries:
+                    item = pending.get(delivery.entry_id)
+                    if item is None:
+                        held.append(delivery.receipt)  # another's: handed back after the round
+                        continue
+                    found = True
+                    if delivery.attempt < item.attempts:
+                        await q.nack(delivery.receipt, delay=0.0)
+                    elif item.kind == "dead":
+                        await q.dead_letter(
+                            delivery.receipt, reason=DeadLetterReason.MIGRATED, error=item.error
+                        )
+                        del pending[item.entry_id]
+                    else:
+                        await q.release(delivery.receipt)
+                        del pending[item.entry_id]
+            for receipt in held:
+                await q.release(receipt)
+            if not found:
                 return  # ours are gone (consumed by the new system meanwhile)
 
     async def _migrate_breaker(self, name: str, key: str) -> None:
