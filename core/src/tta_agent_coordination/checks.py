@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from .errors import ValidationError
 from .models import AgentId
 
-__all__ = ["agent_id", "duration", "entry_ids", "instance", "integer", "optional_text", "text"]
+__all__ = [
+    "agent_id",
+    "duration",
+    "entry_ids",
+    "instance",
+    "integer",
+    "one_queue_batch",
+    "optional_text",
+    "text",
+]
 
 T = TypeVar("T")
 
@@ -81,3 +90,29 @@ def entry_ids(value: Sequence[str] | None, limit: int) -> list[str] | None:
         msg = "entry_ids must be a sequence of entry id strings (or None for all)"
         raise ValidationError(msg)
     return [text(e, "entry id", limit) for e in value]
+
+
+def one_queue_batch(requests: object) -> AgentId | None:
+    """Check an ``enqueue_many`` batch: a sequence of ``EnqueueRequest`` for one queue.
+
+    Returns the queue (the shared recipient), or ``None`` for an empty batch.
+    """
+    from .models import EnqueueRequest  # noqa: PLC0415  # models import nothing from here
+
+    if isinstance(requests, str | bytes) or not isinstance(requests, Sequence):
+        msg = "enqueue_many takes a sequence of EnqueueRequest"
+        raise ValidationError(msg)
+    recipient: AgentId | None = None
+    for request in cast("Sequence[object]", requests):
+        if not isinstance(request, EnqueueRequest):
+            msg = f"expected an EnqueueRequest, not {type(request).__name__}"
+            raise ValidationError(msg)
+        if recipient is None:
+            recipient = request.message.recipient
+        elif request.message.recipient != recipient:
+            msg = (
+                "enqueue_many takes requests for one queue: "
+                f"{recipient} and {request.message.recipient} differ"
+            )
+            raise ValidationError(msg)
+    return recipient

@@ -43,6 +43,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, cast
 
+from tta_agent_coordination import checks
 from tta_agent_coordination._codec import decode_message, encode_message
 from tta_agent_coordination.errors import InvalidReceiptError, QueueFullError, ValidationError
 from tta_agent_coordination.models import (
@@ -278,32 +279,13 @@ class RedisQueueStore:
             MessageTooLargeError: A message is over ``max_message_bytes``.
             QueueFullError: The new entries would pass ``max_queue_length``.
         """
-        given: object = requests
-        if isinstance(given, str | bytes) or not isinstance(given, Sequence):  # pyright: ignore[reportUnnecessaryIsInstance]  # runtime guard
-            raise _fail("enqueue_many takes a sequence of EnqueueRequest")
-        items: list[list[Any]] = []
-        recipient: AgentId | None = None
-        for request in requests:
-            if not isinstance(request, EnqueueRequest):  # pyright: ignore[reportUnnecessaryIsInstance]  # runtime guard
-                raise _fail(f"expected an EnqueueRequest, not {type(request).__name__}")
-            if recipient is None:
-                recipient = request.message.recipient
-            elif request.message.recipient != recipient:
-                raise _fail(
-                    "enqueue_many takes requests for one queue: "
-                    f"{recipient} and {request.message.recipient} differ"
-                )
-            items.append(
-                self._prepare(
-                    request.message,
-                    request.delay,
-                    request.dedup_key,
-                    request.entry_id,
-                    request.max_attempts,
-                )
-            )
+        recipient = checks.one_queue_batch(requests)
         if recipient is None:
             return []
+        items = [
+            self._prepare(r.message, r.delay, r.dedup_key, r.entry_id, r.max_attempts)
+            for r in requests
+        ]
         return await self._enqueue(recipient, items)
 
     # -- reserve ------------------------------------------------------------------------------

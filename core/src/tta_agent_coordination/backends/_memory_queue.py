@@ -687,32 +687,13 @@ class MemoryQueueStore:
             MessageTooLargeError: A message is over ``max_message_bytes``.
             QueueFullError: The new entries would pass ``max_queue_length``.
         """
-        given: object = requests  # callers are not all type-checked: guard at runtime
-        if isinstance(given, str | bytes) or not isinstance(given, Sequence):  # pyright: ignore[reportUnnecessaryIsInstance]  # runtime guard
-            raise _fail("enqueue_many takes a sequence of EnqueueRequest")
-        prepared: list[_Prepared] = []
-        recipient: AgentId | None = None
-        for request in requests:
-            if not isinstance(request, EnqueueRequest):  # pyright: ignore[reportUnnecessaryIsInstance]  # runtime guard
-                raise _fail(f"expected an EnqueueRequest, not {type(request).__name__}")
-            if recipient is None:
-                recipient = request.message.recipient
-            elif request.message.recipient != recipient:
-                raise _fail(
-                    "enqueue_many takes requests for one queue: "
-                    f"{recipient} and {request.message.recipient} differ"
-                )
-            prepared.append(
-                self._prepare(
-                    request.message,
-                    request.delay,
-                    request.dedup_key,
-                    request.entry_id,
-                    request.max_attempts,
-                )
-            )
+        recipient = checks.one_queue_batch(requests)
         if recipient is None:
             return []
+        prepared = [
+            self._prepare(r.message, r.delay, r.dedup_key, r.entry_id, r.max_attempts)
+            for r in requests
+        ]
         queue = self._queue_for(recipient)
         now = self._clock.time()
         self._prune(queue, now)
