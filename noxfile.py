@@ -25,6 +25,21 @@ EXAMPLE = ROOT / "docs" / "examples" / "acme-backend"
 # The rebuilt wheel keeps its version: make uv replace what a reused venv holds.
 REINSTALL = ["--reinstall-package", "tta-agent-coordination"]
 PYTHON = ["3.11"]
+# Every published distribution of the workspace: (directory, wheel-name prefix, project name).
+DISTRIBUTIONS = [
+    ("core", "tta_agent_coordination-", "tta-agent-coordination"),
+    ("backends/redis", "tta_agent_coordination_redis-", "tta-agent-coordination-redis"),
+    (
+        "contrib/prometheus",
+        "tta_agent_coordination_prometheus-",
+        "tta-agent-coordination-prometheus",
+    ),
+    (
+        "contrib/opentelemetry",
+        "tta_agent_coordination_opentelemetry-",
+        "tta-agent-coordination-opentelemetry",
+    ),
+]
 
 
 def _coverage_python() -> str:
@@ -63,7 +78,7 @@ def _build_wheels(session: nox.Session) -> None:
     for old in WHEELS.glob("*"):
         old.unlink()
     WHEELS.mkdir(parents=True, exist_ok=True)
-    for distribution in ("core", "backends/redis"):
+    for distribution, _, _ in DISTRIBUTIONS:
         session.run("uv", "build", "--wheel", "--out-dir", str(WHEELS), distribution, external=True)
     marker.touch()
 
@@ -75,11 +90,14 @@ def _core_wheel(session: nox.Session) -> str:
     return str(wheel)
 
 
-def _redis_wheel(session: nox.Session) -> str:
-    """The Redis driver's wheel (built once per nox run)."""
+def _all_wheels(session: nox.Session) -> list[str]:
+    """Every distribution's wheel (built once per nox run), with the flags that reinstall them."""
     _build_wheels(session)
-    (wheel,) = WHEELS.glob("tta_agent_coordination_redis-*.whl")
-    return str(wheel)
+    args: list[str] = []
+    for _, prefix, project in DISTRIBUTIONS:
+        (wheel,) = WHEELS.glob(f"{prefix}*.whl")
+        args += ["--reinstall-package", project, str(wheel)]
+    return args
 
 
 @nox.session(python=PYTHON)
@@ -94,14 +112,7 @@ def tests(session: nox.Session) -> None:
     """The test suite on the installed wheel, with the core's line coverage held at 100%."""
     if TEST_PYTHON == "3.11":
         session.warn("no Python >= 3.12 found: coverage on 3.11 undercounts (see noxfile)")
-    session.install(
-        *REINSTALL,
-        "--reinstall-package",
-        "tta-agent-coordination-redis",
-        _core_wheel(session),
-        _redis_wheel(session),
-        *_group("test"),
-    )
+    session.install(*_all_wheels(session), *_group("test"))
     env = {
         "HYPOTHESIS_PROFILE": os.environ.get(
             "HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"
@@ -124,7 +135,8 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict and basedpyright in strict mode."""
-    session.install("-e", "./core", "-e", "./backends/redis", *_group("typecheck"))
+    editable = [arg for directory, _, _ in DISTRIBUTIONS for arg in ("-e", f"./{directory}")]
+    session.install(*editable, *_group("typecheck"))
     session.run("mypy")
     python = Path(session.virtualenv.location) / "bin" / "python"
     session.run("basedpyright", "--pythonpath", str(python))

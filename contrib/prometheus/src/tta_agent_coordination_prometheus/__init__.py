@@ -1,0 +1,3 @@
+"""prometheus support for tta-agent-coordination (work in progress)."""
+
+__all__: list[str] = []
