@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -37,6 +38,7 @@ from .errors import (
     BackendUnavailableError,
     CoordinationError,
     PluginLoadError,
+    PluginLoadWarning,
     ValidationError,
 )
 from .models import (
@@ -48,10 +50,20 @@ from .models import (
     MessageType,
     QueueStats,
 )
-from .plugins import connect
+from .plugins import connect, plugin_registry
 from .protocols import Backend
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "EXIT_UNREACHABLE", "app", "main"]
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_UNREACHABLE",
+    "add_plugin_commands",
+    "app",
+    "confirm",
+    "fail",
+    "main",
+]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -94,9 +106,13 @@ class _CommandError(Exception):
 # -- the one boundary ---------------------------------------------------------------------------
 
 
-def _fail(message: str, code: int) -> NoReturn:
+def fail(message: str, code: int) -> NoReturn:
+    """End the command: ``message`` as one line on stderr, exit with ``code`` (for plugins)."""
     typer.echo(f"tta-coord: error: {message}", err=True)
     raise typer.Exit(code)
+
+
+_fail = fail
 
 
 def _exit_code(error: CoordinationError) -> int:
@@ -152,6 +168,14 @@ def _confirm(question: str, *, yes: bool) -> None:
     if not yes and not typer.confirm(question, default=False, err=True):
         msg = "not confirmed: nothing changed"
         raise _CommandError(msg)
+
+
+def confirm(question: str, *, yes: bool) -> None:
+    """Ask ``question`` on stderr unless ``yes``; a "no" ends the command with exit code 1."""
+    try:
+        _confirm(question, yes=yes)
+    except _CommandError as declined:
+        fail(str(declined), declined.code)
 
 
 def _print_json(value: Any) -> None:
@@ -609,6 +633,49 @@ def watch(
         typer.echo("stopped", err=True)
 
 
+# -- commands from plugins ----------------------------------------------------------------------
+
+
+def _commands(target: typer.Typer) -> dict[str, object]:
+    """Every command and group name of ``target``, with its callback (``None`` for groups)."""
+    names: dict[str, object] = {info.name: None for info in target.registered_groups if info.name}
+    for info in target.registered_commands:
+        callback = info.callback
+        default = callback.__name__.replace("_", "-") if callback is not None else ""
+        names[info.name or default] = callback
+    return names
+
+
+def add_plugin_commands(target: typer.Typer) -> list[str]:
+    """Add the commands installed plugins contribute (``tta_cli_commands``); return their names.
+
+    The Redis driver adds ``migrate-original`` this way. A name already taken by another
+    command is left to it, with a :class:`~tta_agent_coordination.errors.PluginLoadWarning`;
+    adding the same commands again changes nothing.
+    """
+    existing = _commands(target)
+    added: list[str] = []
+    for name, command in plugin_registry().cli_commands().items():
+        if name in existing and existing[name] is command:
+            continue
+        if name in existing or not callable(command):
+            problem = (
+                f"tta-coord already has a command {name!r}: the plugin's is ignored"
+                if name in existing
+                else f"tta-coord command {name!r} from a plugin is not callable"
+            )
+            warnings.warn(problem, PluginLoadWarning, stacklevel=2)
+            continue
+        target.command(name)(command)
+        existing[name] = command
+        added.append(name)
+    return added
+
+
+add_plugin_commands(app)
+
+
 def main() -> None:
     """The console script's entry point."""
+    add_plugin_commands(app)
     app()

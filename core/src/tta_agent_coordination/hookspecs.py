@@ -12,6 +12,9 @@ A plugin is a module (or object) named by an entry point in the group
         return {"acme": "acme_driver.backend:AcmeBackend.from_url"}
 
 The attribute is a factory ``factory(url: str, options: BackendOptions) -> Backend``.
+
+A plugin may also add commands to ``tta-coord`` with :func:`tta_cli_commands` (the Redis
+driver adds ``migrate-original`` that way, so the core's command line never imports it).
 """
 
 from __future__ import annotations
@@ -42,4 +45,15 @@ class BackendSpecs:
 
         Return ``None`` when the client is not one this plugin knows. Used by the original
         API's ``RedisMessageCoordinator(redis_client)``, so the core never imports a driver.
+        """
+
+    @hookspec
+    def tta_cli_commands(self) -> dict[str, str]:  # type: ignore[empty-body]  # a spec
+        """Return ``tta-coord`` commands this plugin adds: name mapped to ``"module:function"``.
+
+        The function is a typer command (its parameters annotated with ``typer.Option`` and
+        ``typer.Argument``); its module is imported when ``tta-coord`` starts, so it should
+        import its driver inside the function. A name the core already uses is ignored with a
+        :class:`~tta_agent_coordination.errors.PluginLoadWarning`, like a reference that fails
+        to load.
         """

@@ -132,6 +132,28 @@ class PluginRegistry:
                 result.setdefault(scheme.lower(), reference)
         return result
 
+    def cli_commands(self) -> dict[str, object]:
+        """The ``tta-coord`` commands plugins add, by name, each loaded now.
+
+        A reference that fails to load is left out with a :class:`PluginLoadWarning`; of a
+        name claimed twice, the plugin registered later wins.
+        """
+        self._ensure_loaded()
+        commands: dict[str, object] = {}
+        for answer in self._pm.hook.tta_cli_commands():
+            for name, reference in cast("dict[str, str]", answer).items():
+                if name in commands:
+                    continue
+                try:
+                    commands[name] = _resolve(reference)
+                except PluginLoadError as exc:
+                    warnings.warn(
+                        f"tta-coord command {name!r} failed to load: {exc}",
+                        PluginLoadWarning,
+                        stacklevel=2,
+                    )
+        return commands
+
     def factory(self, scheme: str) -> BackendFactory:
         """The factory for ``scheme``, imported now; raises when there is none."""
         self._ensure_loaded()

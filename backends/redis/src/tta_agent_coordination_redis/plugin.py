@@ -9,7 +9,7 @@ from typing import Any
 
 from tta_agent_coordination.hookspecs import hookimpl
 
-__all__ = ["tta_backend_from_client", "tta_backend_schemes"]
+__all__ = ["tta_backend_from_client", "tta_backend_schemes", "tta_cli_commands"]
 
 _FACTORY = "tta_agent_coordination_redis.backend:from_url"
 
@@ -18,6 +18,12 @@ _FACTORY = "tta_agent_coordination_redis.backend:from_url"
 def tta_backend_schemes() -> dict[str, str]:
     """``redis://``, ``rediss://`` and ``redis+cluster://``, imported only when asked for."""
     return {"redis": _FACTORY, "rediss": _FACTORY, "redis+cluster": _FACTORY}
+
+
+@hookimpl
+def tta_cli_commands() -> dict[str, str]:
+    """``tta-coord migrate-original``: move the original code's Redis data into any backend."""
+    return {"migrate-original": "tta_agent_coordination_redis.cli:migrate_original_command"}
 
 
 @hookimpl
