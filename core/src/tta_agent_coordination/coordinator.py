@@ -1066,9 +1066,10 @@ class MessageCoordinator:
         grace: float = 10.0,
         also_shared: bool = True,
         stop: anyio.Event | None = None,
+        abort: anyio.Event | None = None,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve ``agent_id``'s queue with ``handler`` until cancelled or ``stop`` is set.
+        """Serve ``agent_id``'s queue with ``handler`` until cancelled, ``stop`` or ``abort``.
 
         Runs ``handler(delivery)`` with at most ``concurrency`` at once; acks on success; on
         an exception nacks with ``retry_policy.delay(attempt)`` while ``attempt`` is below the
@@ -1085,6 +1086,11 @@ class MessageCoordinator:
         On ``stop`` or cancellation the loop stops reserving, lets running handlers finish
         within ``grace`` seconds (shielded from the cancellation), then cancels the rest and
         releases their messages; a reservation not yet started is released.
+
+        ``abort`` (set at any time, also during the grace period) stops at once: running
+        handlers are cancelled without waiting for the grace period, and nothing the loop holds
+        is settled or released (no further backend call for it), so those messages become due
+        again when their visibility timeout ends, with the attempt counted.
 
         With ``breaker``, reserving pauses while the breaker is open (for its snapshot's
         ``retry_after``, then checked again), so messages wait instead of burning attempts.
@@ -1105,6 +1111,7 @@ class MessageCoordinator:
             grace: Seconds running handlers get to finish on shutdown.
             also_shared: Also serve the type's shared queue.
             stop: Set it to end the loop gracefully.
+            abort: Set it to end the loop at once (see above).
             task_status: For ``TaskGroup.start``.
 
         Raises:
@@ -1133,7 +1140,7 @@ class MessageCoordinator:
         queues = [agent_id]
         if also_shared and agent_id.instance is not None:
             queues.append(agent_id.shared)
-        await worker.run(queues, stop, task_status)
+        await worker.run(queues, stop, abort, task_status)
 
 
 def _wrap_send(middleware: Middleware, call_next: SendNext) -> SendNext:
@@ -1153,6 +1160,21 @@ def _wrap_handle(middleware: Middleware, call_next: HandleNext) -> HandleNext:
 # ---------------------------------------------------------------------------------------------
 # The worker loop's parts
 # ---------------------------------------------------------------------------------------------
+
+
+async def _first_of(*waits: Callable[[], Awaitable[object]] | None) -> None:
+    """Return when the first of ``waits`` (those not ``None``) returns; never if none given."""
+    async with anyio.create_task_group() as tg:
+
+        async def wait_then_cancel(wait: Callable[[], Awaitable[object]]) -> None:
+            await wait()
+            tg.cancel_scope.cancel()
+
+        for wait in waits:
+            if wait is not None:
+                tg.start_soon(wait_then_cancel, wait)
+        if all(wait is None for wait in waits):
+            await anyio.sleep_forever()
 
 
 class _Slots:
@@ -1199,28 +1221,32 @@ class _Worker:
     breaker: BreakerGate | None
     grace: float
     stopping: bool = False
+    aborted: bool = False
     pause_until: float = 0.0
     running: set[anyio.CancelScope] = field(default_factory=set[anyio.CancelScope])
 
     async def run(
-        self, queues: list[AgentId], stop: anyio.Event | None, task_status: TaskStatus[None]
+        self,
+        queues: list[AgentId],
+        stop: anyio.Event | None,
+        abort: anyio.Event | None,
+        task_status: TaskStatus[None],
     ) -> None:
+        aborted = abort.wait if abort is not None else None
         async with anyio.create_task_group() as handlers:
             try:
                 async with anyio.create_task_group() as reservers:
                     for queue in queues:
                         reservers.start_soon(self._reserve_loop, queue, handlers)
                     task_status.started()
-                    if stop is None:
-                        await anyio.sleep_forever()
-                    else:
-                        await stop.wait()
+                    await _first_of(stop.wait if stop is not None else None, aborted)
                     reservers.cancel_scope.cancel()
             finally:
                 self.stopping = True
                 with anyio.CancelScope(shield=True):
                     with anyio.move_on_after(self.grace):
-                        await self.slots.wait_idle()
+                        await _first_of(self.slots.wait_idle, aborted)
+                    self.aborted = abort is not None and abort.is_set()
                     for scope in list(self.running):
                         scope.cancel()
 
@@ -1277,10 +1303,10 @@ class _Worker:
             with anyio.CancelScope(shield=True) as scope:
                 self.running.add(scope)
                 try:
-                    if self.stopping:
-                        await self._settle(self.coordinator.release, delivery)
-                    else:
+                    if not self.stopping:
                         await self._process(delivery)
+                    elif not self.aborted:  # an abort leaves it reserved until visibility ends
+                        await self._settle(self.coordinator.release, delivery)
                 finally:
                     self.running.discard(scope)
         finally:
@@ -1299,10 +1325,12 @@ class _Worker:
                     failure = exc
                 tg.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
-            # The grace period ran out: hand the message back untouched.
-            self._observe(started, labels, "cancelled")
-            with anyio.CancelScope(shield=True):
-                await self._settle(self.coordinator.release, delivery)
+            # The grace period ran out: hand the message back untouched (an abort leaves
+            # it reserved, due again when its visibility timeout ends).
+            self._observe(started, labels, "aborted" if self.aborted else "cancelled")
+            if not self.aborted:
+                with anyio.CancelScope(shield=True):
+                    await self._settle(self.coordinator.release, delivery)
             raise
         if failure is None:
             self._observe(started, labels, "ok")
