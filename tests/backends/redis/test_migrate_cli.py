@@ -146,3 +146,11 @@ def test_the_command_line_starts_without_importing_redis() -> None:
         "module 'tta_agent_coordination_redis' has no attribute 'Nope'",
         "RedisBackend True",
     ]
+
+
+def test_unreachable_target_is_exit_3(source: str) -> None:
+    result = migrate(
+        "--source", REDIS_URL, "--prefix", source, "--target", "redis://127.0.0.1:1/0", "--yes"
+    )
+    assert result.exit_code == EXIT_UNREACHABLE, result.output
+    assert result.stderr.startswith("tta-coord: error: the target: ")

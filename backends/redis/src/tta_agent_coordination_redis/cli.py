@@ -42,21 +42,20 @@ def _table(report: MigrationReport) -> Table:
     table = Table(title=f"Migration from the original's data ({verb} per queue)")
     table.add_column("queue", no_wrap=True)
     for kind in _KINDS:
-        table.add_column(f"{kind} {verb}", justify="right")
-    table.add_column("already there", justify="right")
-    table.add_column("raw kept", justify="right")
-    table.add_column("audit list", justify="right")
+        table.add_column(kind, justify="right")
+    table.add_column("present", justify="right")
+    table.add_column("raw", justify="right")
+    table.add_column("audit", justify="right")
+    table.add_column("differ", justify="right")
     for name in sorted(report.queues):
         queue = report.queues[name]
-        audit = str(queue.audit_length)
-        if queue.audit_mismatch:
-            audit += f" ({queue.audit_mismatch} differ)"
         table.add_row(
             name,
             *(str(queue.moved[kind]) for kind in _KINDS),
             str(sum(queue.present.values())),
             str(queue.raw_kept),
-            audit,
+            str(queue.audit_length),
+            str(queue.audit_mismatch),
         )
     return table
 
@@ -70,6 +69,10 @@ def _print_report(report: MigrationReport) -> None:
         console.print(f"skipped (not the original's layout): {key}")
     verb = "would move" if report.dry_run else "moved"
     console.print(f"{verb} {report.total_moved} entries in {len(report.queues)} queues")
+    console.print(
+        "present: already in the target (an earlier run); raw: unparseable dead letters kept;"
+        " audit: the original's audit list; differ: its entries not among those moved"
+    )
 
 
 def migrate_original_command(
@@ -107,8 +110,10 @@ def migrate_original_command(
 
     try:
         report = anyio.run(lambda: migrate_from_url(source, prefix, target, dry_run=dry_run))
-    except (BackendUnavailableError, PluginLoadError, RedisConnectionError, OSError) as error:
-        fail(_first_line(error), EXIT_UNREACHABLE)
+    except (BackendUnavailableError, PluginLoadError) as error:  # the target
+        fail(f"the target: {_first_line(error)}", EXIT_UNREACHABLE)
+    except (RedisConnectionError, OSError) as error:
+        fail(f"cannot reach the source {source}: {_first_line(error)}", EXIT_UNREACHABLE)
     except (ValidationError, BackendNotFoundError, ValueError) as error:
         fail(_first_line(error), EXIT_BAD_INPUT)
     except (CoordinationError, RedisError) as error:
