@@ -71,7 +71,7 @@ def _print_report(report: MigrationReport) -> None:
     console.print(f"{verb} {report.total_moved} entries in {len(report.queues)} queues")
     console.print(
         "present: already in the target (an earlier run); raw: unparseable dead letters kept;"
-        " audit: the original's audit list; differ: its entries not among those moved"
+        " audit: the original's audit list; differ: entries in only one of it and those moved"
     )
 
 
