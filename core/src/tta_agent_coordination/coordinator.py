@@ -64,6 +64,7 @@ from pydantic import JsonValue
 
 from . import checks
 from ._compat_models import CompatConfig, MessageSubscription, ReceivedMessage
+from ._log import log_delivery, log_message
 from .errors import (
     AgentNotFoundError,
     BroadcastError,
@@ -526,6 +527,15 @@ class MessageCoordinator:
                 MESSAGES_SENT,
                 labels={"queue": str(final.recipient), "message_type": str(final.message_type)},
             )
+            log_message(
+                logger,
+                logging.DEBUG,
+                final,
+                final.recipient,
+                "sent a %s message",
+                final.message_type,
+                entry_id=entry,
+            )
             return entry
 
         call: SendNext = enqueue
@@ -744,12 +754,25 @@ class MessageCoordinator:
                         waiter.event.set()
                     else:
                         self._metrics.increment(RESPONSES_LATE, labels=label)
+                        log_delivery(
+                            logger,
+                            logging.INFO,
+                            delivery,
+                            "a response arrived after its request gave up waiting"
+                            " (correlation_id=%s); acked and dropped",
+                            correlation_id,
+                        )
                 if deliveries:
                     acked = await self._queue.ack_many([d.receipt for d in deliveries])
                     self._metrics.increment(DELIVERIES_ACKED, float(sum(acked)), label)
             except CoordinationError as exc:
                 failures += 1
-                logger.warning("reply reader for %s failed: %s", self._reply_queue, exc)
+                logger.warning(
+                    "reply reader for %s failed, retrying: %s",
+                    self._reply_queue,
+                    exc,
+                    extra={"queue": str(self._reply_queue)},
+                )
                 await anyio.sleep(self._policy.delay(min(failures, 64)))
             else:
                 failures = 0
@@ -779,6 +802,9 @@ class MessageCoordinator:
             self._metrics.increment(
                 DELIVERIES_RESERVED, float(len(deliveries)), {"queue": str(queue)}
             )
+            if logger.isEnabledFor(logging.DEBUG):
+                for delivery in deliveries:
+                    log_delivery(logger, logging.DEBUG, delivery, "reserved")
         return deliveries
 
     async def receive(
@@ -817,10 +843,11 @@ class MessageCoordinator:
         Returns:
             ``True`` if the reservation was current, ``False`` for a stale one.
         """
-        receipt, queue, _ = self._target(agent_id, token)
+        receipt, queue, attempt = self._target(agent_id, token)
         done = await self._queue.ack(receipt)
         if done:
             self._metrics.increment(DELIVERIES_ACKED, labels={"queue": str(queue)})
+        self._log_settled(agent_id, queue, attempt, done, "acked")
         return done
 
     @overload
@@ -871,21 +898,39 @@ class MessageCoordinator:
             ``True`` if the reservation was current, ``False`` for a stale one.
         """
         receipt, queue, attempt = self._target(agent_id, token)
+        about = agent_id if isinstance(agent_id, Delivery) else None
         if failure == FailureType.PERMANENT:
-            return await self._dead_letter(receipt, queue, DeadLetterReason.HANDLER_ERROR, error)
+            return await self._dead_letter(
+                receipt, queue, DeadLetterReason.HANDLER_ERROR, error, about=about, attempt=attempt
+            )
         if isinstance(agent_id, Delivery):
             limit = min(self._policy.max_attempts, agent_id.max_attempts)
             if agent_id.attempt >= limit:
-                return await self._dead_letter(receipt, queue, DeadLetterReason.MAX_ATTEMPTS, error)
+                return await self._dead_letter(
+                    receipt,
+                    queue,
+                    DeadLetterReason.MAX_ATTEMPTS,
+                    error,
+                    about=about,
+                    attempt=attempt,
+                )
             wait = self._policy.delay(agent_id.attempt) if delay is None else delay
         else:
             failed = 1 if attempt is None else attempt
             if failed >= self._compat.retry_attempts + 1:
-                return await self._dead_letter(receipt, queue, DeadLetterReason.MAX_ATTEMPTS, error)
+                return await self._dead_letter(
+                    receipt,
+                    queue,
+                    DeadLetterReason.MAX_ATTEMPTS,
+                    error,
+                    about=about,
+                    attempt=attempt,
+                )
             wait = self._compat.backoff(failed)
         done = await self._queue.nack(receipt, delay=wait, error=error)
         if done:
             self._metrics.increment(DELIVERIES_NACKED, labels={"queue": str(queue)})
+        self._log_settled(agent_id, queue, attempt, done, "nacked, due again in %.3fs", wait)
         return done
 
     async def release(self, delivery: Delivery) -> bool:
@@ -897,6 +942,7 @@ class MessageCoordinator:
         done = await self._queue.release(delivery.receipt)
         if done:
             self._metrics.increment(DELIVERIES_RELEASED, labels={"queue": str(delivery.queue)})
+        self._log_settled(delivery, delivery.queue, delivery.attempt, done, "released")
         return done
 
     async def dead_letter(
@@ -910,7 +956,14 @@ class MessageCoordinator:
         Returns:
             ``True`` if the reservation was current, ``False`` for a stale one.
         """
-        return await self._dead_letter(delivery.receipt, delivery.queue, reason, error)
+        return await self._dead_letter(
+            delivery.receipt,
+            delivery.queue,
+            reason,
+            error,
+            about=delivery,
+            attempt=delivery.attempt,
+        )
 
     async def extend(self, delivery: Delivery, visibility_timeout: float) -> bool:
         """Keep a delivery reserved for ``visibility_timeout`` more seconds.
@@ -921,14 +974,67 @@ class MessageCoordinator:
         return await self._queue.extend(delivery.receipt, visibility_timeout=visibility_timeout)
 
     async def _dead_letter(
-        self, receipt: str, queue: AgentId, reason: str, error: str | None
+        self,
+        receipt: str,
+        queue: AgentId,
+        reason: str,
+        error: str | None,
+        *,
+        about: Delivery | None,
+        attempt: int | None,
     ) -> bool:
         done = await self._queue.dead_letter(receipt, reason=reason, error=error)
         if done:
             self._metrics.increment(
                 DELIVERIES_DEAD_LETTERED, labels={"queue": str(queue), "reason": str(reason)}
             )
+            log_message(
+                logger,
+                logging.WARNING,
+                None if about is None else about.message,
+                queue,
+                "dead-lettered (reason=%s): %s",
+                reason,
+                error,
+                entry_id=None if about is None else about.entry_id,
+                attempt=attempt,
+                extra={"reason": str(reason)},
+            )
+        else:
+            self._log_settled(about, queue, attempt, done, "dead-lettered")
         return done
+
+    @staticmethod
+    def _log_settled(
+        about: Delivery | AgentId | None,
+        queue: AgentId,
+        attempt: int | None,
+        done: bool,  # private
+        verb: str,
+        *args: object,
+    ) -> None:
+        """DEBUG when a settlement went through; a stale receipt (nothing changed) is louder.
+
+        A stale ``ack`` is a WARNING: the message will be delivered again, its work repeated.
+        Any other stale settlement is INFO.
+        """
+        delivery = about if isinstance(about, Delivery) else None
+        if done:
+            level, text = logging.DEBUG, verb
+        else:
+            level = logging.WARNING if verb == "acked" else logging.INFO
+            text = "not %s: the receipt was stale (reservation expired or settled)"
+            args = (verb.split(",", 1)[0],)
+        log_message(
+            logger,
+            level,
+            None if delivery is None else delivery.message,
+            queue,
+            text,
+            *args,
+            entry_id=None if delivery is None else delivery.entry_id,
+            attempt=attempt,
+        )
 
     @staticmethod
     def _target(agent_id: Delivery | AgentId, token: str | None) -> tuple[str, AgentId, int | None]:
@@ -1267,7 +1373,12 @@ class _Worker:
                 )
             except CoordinationError as exc:
                 failures += 1
-                logger.warning("reserving from %s failed: %s", queue, exc)
+                logger.warning(
+                    "reserving from %s failed, retrying: %s",
+                    queue,
+                    exc,
+                    extra={"queue": str(queue)},
+                )
                 await anyio.sleep(self.policy.delay(min(failures, 64)))
                 continue
             failures = 0
@@ -1334,29 +1445,53 @@ class _Worker:
             raise
         if failure is None:
             self._observe(started, labels, "ok")
+            log_delivery(
+                logger, logging.DEBUG, delivery, "handled in %.3fs", anyio.current_time() - started
+            )
             await self._settle(self.coordinator.ack, delivery)
             return
         if isinstance(failure, CircuitOpenError):
             self._observe(started, labels, "circuit_open")
             wait = failure.retry_after or self.policy.delay(1)
             self.pause_until = max(self.pause_until, anyio.current_time() + wait)
+            log_delivery(
+                logger,
+                logging.INFO,
+                delivery,
+                "the handler reported an open circuit (%s): released, reserving pauses %.3fs",
+                failure,
+                wait,
+            )
             await self._settle(self.coordinator.release, delivery)
             return
-        outcome = "timeout" if isinstance(failure, HandlerTimeoutError) else "error"
-        self._observe(started, labels, outcome)
+        timed_out = isinstance(failure, HandlerTimeoutError)
+        self._observe(started, labels, "timeout" if timed_out else "error")
         text = _error_text(failure)
-        logger.info("handler failed on %s (attempt %d): %s", delivery.queue, delivery.attempt, text)
+        permanent = isinstance(failure, PermanentFailureError)
+        last = delivery.attempt >= min(self.policy.max_attempts, delivery.max_attempts)
+        log_delivery(
+            logger,
+            logging.WARNING,
+            delivery,
+            "handler %s, %s: %s",
+            "timed out" if timed_out else "failed",
+            "dead-lettering" if permanent or last else "retrying",
+            text,
+            exc_info=None if timed_out else failure,  # a timeout's traceback says nothing
+        )
         try:
-            if isinstance(failure, PermanentFailureError):
+            if permanent:
                 await self.coordinator.dead_letter(delivery, DeadLetterReason.HANDLER_ERROR, text)
-            elif delivery.attempt >= min(self.policy.max_attempts, delivery.max_attempts):
+            elif last:
                 await self.coordinator.dead_letter(delivery, DeadLetterReason.MAX_ATTEMPTS, text)
             else:
                 await self.coordinator.nack(
                     delivery, error=text, delay=self.policy.delay(delivery.attempt)
                 )
         except CoordinationError as exc:
-            logger.warning("settling a failed delivery of %s failed: %s", delivery.queue, exc)
+            log_delivery(
+                logger, logging.WARNING, delivery, "settling a failed delivery failed: %s", exc
+            )
 
     async def _settle(
         self, operation: Callable[[Delivery], Awaitable[bool]], delivery: Delivery
@@ -1364,7 +1499,14 @@ class _Worker:
         try:
             await operation(delivery)
         except CoordinationError as exc:
-            logger.warning("settling a delivery of %s failed: %s", delivery.queue, exc)
+            log_delivery(
+                logger,
+                logging.WARNING,
+                delivery,
+                "settling a delivery (%s) failed: %s",
+                getattr(operation, "__name__", "?"),
+                exc,
+            )
 
     def _observe(self, started: float, labels: dict[str, str], outcome: str) -> None:
         self.coordinator.metrics.observe(
@@ -1395,10 +1537,15 @@ class _Worker:
             try:
                 current = await self.coordinator.extend(delivery, self.visibility_timeout)
             except CoordinationError as exc:
-                logger.warning("extending a delivery of %s failed: %s", delivery.queue, exc)
+                log_delivery(
+                    logger, logging.WARNING, delivery, "extending the reservation failed: %s", exc
+                )
                 continue
             if not current:
-                logger.warning(
-                    "lost the reservation of %s on %s", delivery.entry_id, delivery.queue
+                log_delivery(
+                    logger,
+                    logging.WARNING,
+                    delivery,
+                    "lost the reservation while the handler runs: it may be delivered again",
                 )
                 return
