@@ -25,7 +25,7 @@ from tta_agent_coordination import (
     connect,
 )
 from tta_agent_coordination._log import MESSAGE_FIELDS, log_message
-from tta_agent_coordination.coordinator import MessageCoordinator
+from tta_agent_coordination.coordinator import MessageCoordinator, _Slots, _Worker
 from tta_agent_coordination.errors import PermanentFailureError
 from tta_agent_coordination.metrics import (
     DELIVERIES_ACKED,
@@ -304,3 +304,75 @@ async def test_a_late_response_is_info(caplog: pytest.LogCaptureFixture) -> None
     assert late.levelno == logging.INFO
     assert f"correlation_id={grabbed[0].message.correlation_id}" in late.getMessage()
     assert_names(late, entry_id=entry, queue=str(coord.reply_queue), attempt=1)
+
+
+# -- shutdown -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("abort", [False, True])
+async def test_a_handler_cut_off_at_shutdown_is_a_warning(
+    backend: Backend, caplog: pytest.LogCaptureFixture, abort: bool
+) -> None:
+    caplog.set_level(logging.INFO, logger=COORD_LOGGER)
+    coord = MessageCoordinator(backend)
+    stop, aborted = anyio.Event(), anyio.Event()
+    running = anyio.Event()
+
+    async def handler(delivery: Delivery) -> None:
+        running.set()
+        await anyio.sleep_forever()
+
+    entry = await coord.send(SVC)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                lambda: coord.serve(
+                    SVC, handler, stop=stop, abort=aborted, grace=0.05, also_shared=False
+                )
+            )
+            await running.wait()
+            if abort:
+                aborted.set()
+            else:
+                stop.set()
+    if abort:
+        record = one(caplog, "handler cancelled at shutdown (aborted): left reserved")
+    else:
+        record = one(
+            caplog, "handler cancelled at shutdown (past the 0.05s grace period): released"
+        )
+    assert record.levelno == logging.WARNING
+    assert_names(record, entry_id=entry, queue="svc:1", attempt=1)
+
+
+@pytest.mark.parametrize("aborted", [False, True])
+async def test_a_delivery_not_started_at_shutdown_is_info(
+    backend: Backend, caplog: pytest.LogCaptureFixture, aborted: bool
+) -> None:
+    caplog.set_level(logging.INFO, logger=COORD_LOGGER)
+    coord = MessageCoordinator(backend)
+
+    async def handler(delivery: Delivery) -> None:
+        raise AssertionError  # pragma: no cover
+
+    entry = await coord.send(SVC)
+    (delivery,) = await coord.reserve(SVC, visibility_timeout=30)
+    slots = _Slots(1)
+    slots.take(1)
+    worker = _Worker(
+        coordinator=coord,
+        agent_id=SVC,
+        handler=handler,
+        slots=slots,
+        handler_timeout=None,
+        visibility_timeout=30,
+        policy=NO_WAIT,
+        breaker=None,
+        grace=1,
+        stopping=True,
+        aborted=aborted,
+    )
+    await worker._handle(delivery)
+    record = one(caplog, "not started: " + ("left reserved" if aborted else "released"))
+    assert record.levelno == logging.INFO
+    assert_names(record, entry_id=entry, queue="svc:1", attempt=1)

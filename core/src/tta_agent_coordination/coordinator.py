@@ -1417,7 +1417,10 @@ class _Worker:
                     if not self.stopping:
                         await self._process(delivery)
                     elif not self.aborted:  # an abort leaves it reserved until visibility ends
+                        log_delivery(logger, logging.INFO, delivery, "not started: released")
                         await self._settle(self.coordinator.release, delivery)
+                    else:
+                        log_delivery(logger, logging.INFO, delivery, "not started: left reserved")
                 finally:
                     self.running.discard(scope)
         finally:
@@ -1439,6 +1442,14 @@ class _Worker:
             # The grace period ran out: hand the message back untouched (an abort leaves
             # it reserved, due again when its visibility timeout ends).
             self._observe(started, labels, "aborted" if self.aborted else "cancelled")
+            log_delivery(
+                logger,
+                logging.WARNING,
+                delivery,
+                "handler cancelled at shutdown (%s): %s",
+                "aborted" if self.aborted else f"past the {self.grace}s grace period",
+                "left reserved" if self.aborted else "released",
+            )
             if not self.aborted:
                 with anyio.CancelScope(shield=True):
                     await self._settle(self.coordinator.release, delivery)
