@@ -1,0 +1,102 @@
+"""What every measurement shares: the payload, the round-trip counter, INFO commandstats."""
+
+from __future__ import annotations
+
+import functools
+import json
+import statistics
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
+
+#: About 200 bytes of JSON, the same for every system measured.
+TEXT = "lorem ipsum dolor sit amet " * 6
+
+
+def payload(i: int) -> dict[str, Any]:
+    """The message payload: ``{"i": i, "kind": "bench", "text": ...}``, ~200 bytes as JSON."""
+    return {"i": i, "kind": "bench", "text": TEXT}
+
+
+PAYLOAD_BYTES = len(json.dumps(payload(0)))
+
+
+class RoundTrips:
+    """Counts the round trips this process's redis-py asyncio clients make.
+
+    One ``send_packed_command`` is one write to the socket followed by its replies: a single
+    command, an ``EVALSHA`` or a whole pipeline. Counted on the client, as the issue asks.
+    """
+
+    count = 0
+    _installed = False
+
+    @classmethod
+    def install(cls) -> None:
+        if cls._installed:
+            return
+        original = AbstractConnection.send_packed_command
+
+        @functools.wraps(original)
+        async def counted(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+            cls.count += 1
+            await original(self, *args, **kwargs)
+
+        AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
+        cls._installed = True
+
+
+async def command_calls(client: Redis) -> int:
+    """All commands the server has run (``INFO commandstats``), scripts' inner ones included."""
+    stats: dict[str, Any] = await client.info("commandstats")
+    return sum(int(v["calls"]) for k, v in stats.items() if k.startswith("cmdstat_"))
+
+
+@dataclass
+class Counters:
+    """Round trips and server commands over one timed section (from ``start()`` on)."""
+
+    client: Redis
+    trips0: int = 0
+    calls0: int = 0
+
+    async def start(self) -> None:
+        self.calls0 = await command_calls(self.client)
+        self.trips0 = RoundTrips.count
+
+    async def stop(self) -> tuple[int, int]:
+        """(round trips, server commands) since ``start``, minus the two INFO calls."""
+        trips = RoundTrips.count - self.trips0
+        calls = await command_calls(self.client) - self.calls0
+        return trips, calls - 1
+
+
+async def timed(fn: Callable[[], Awaitable[object]]) -> float:
+    """Seconds ``fn()`` takes."""
+    start = time.perf_counter()
+    await fn()
+    return time.perf_counter() - start
+
+
+@dataclass
+class Summary:
+    median: float
+    low: float
+    high: float
+    values: list[float]
+
+
+def summarise(values: Iterable[float]) -> Summary:
+    items = list(values)
+    return Summary(statistics.median(items), min(items), max(items), items)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``, nearest rank."""
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))
+    return ordered[index]
