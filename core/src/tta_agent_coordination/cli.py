@@ -18,10 +18,13 @@ Errors are one line on stderr, never a traceback.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import warnings
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
@@ -52,6 +55,7 @@ from .models import (
 )
 from .plugins import connect, plugin_registry
 from .protocols import Backend
+from .worker import DEFAULT_GRACE, StopReason, import_handler, parse_capability, run_worker
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -631,6 +635,122 @@ def watch(
         _run(ctx, action)
     except KeyboardInterrupt:
         typer.echo("stopped", err=True)
+
+
+# -- worker -------------------------------------------------------------------------------------
+
+_WORKER_EPILOG = (
+    "Signals: the first SIGTERM or SIGINT stops reserving, lets running handlers finish within "
+    "--grace seconds, releases what did not start, deregisters and exits 0; a second one stops "
+    "at once (messages held come back when their visibility timeout ends) and exits 128 + the "
+    "signal number (130 for SIGINT, 143 for SIGTERM). Exit codes: 0 stopped; 1 failed (the "
+    "agent id is live elsewhere, or the registration was lost); 2 bad input (handler, agent, "
+    "capability); 3 backend unreachable."
+)
+
+
+class _LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+@app.command(epilog=_WORKER_EPILOG)
+def worker(
+    ctx: typer.Context,
+    handler: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODULE:HANDLER",
+            help="The handler: an async function taking a Delivery, as package.module:name.",
+        ),
+    ],
+    *,
+    agent: Annotated[
+        str,
+        typer.Option(
+            metavar="TYPE[:INSTANCE]",
+            help="The agent it runs as (no instance: <host>-<pid>).",
+            show_default=False,
+        ),
+    ],
+    concurrency: Annotated[int, typer.Option(min=1, help="Handlers running at once.")] = 1,
+    capability: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME[@VERSION][:TAGS]",
+            help="A capability to register (repeatable), added to the handler's own.",
+        ),
+    ] = None,
+    grace: Annotated[
+        float, typer.Option(min=0.0, help="Seconds running handlers get after a signal.")
+    ] = DEFAULT_GRACE,
+    visibility_timeout: Annotated[
+        float, typer.Option(min=0.001, help="Seconds each reservation lasts (kept while running).")
+    ] = 30.0,
+    handler_timeout: Annotated[
+        float | None, typer.Option(min=0.001, help="Seconds before a handler is cancelled.")
+    ] = None,
+    ttl: Annotated[
+        float, typer.Option(min=0.001, help="Seconds the registration lives without heartbeat.")
+    ] = 30.0,
+    heartbeat: Annotated[
+        float | None, typer.Option(min=0.001, help="Seconds between heartbeats (ttl/3).")
+    ] = None,
+    shared: Annotated[bool, typer.Option(help="Also serve the type's shared queue.")] = True,
+    replace: Annotated[
+        bool, typer.Option(help="Take over a live registration of the same agent id.")
+    ] = False,
+    import_path: Annotated[
+        list[Path] | None,
+        typer.Option(help="A directory to import from (repeatable); the current one always is."),
+    ] = None,
+    log_level: Annotated[
+        _LogLevel, typer.Option(case_sensitive=False, help="Log level on stderr.")
+    ] = _LogLevel.INFO,
+) -> None:
+    """Run an agent: register it, heartbeat, serve its queue and its type's shared queue."""
+    try:
+        agent_id = AgentId.parse(agent)
+    except ValidationError:
+        _fail(f"{agent!r} is not an agent id: use TYPE or TYPE:INSTANCE", EXIT_BAD_INPUT)
+    try:
+        given = [parse_capability(text) for text in capability or []]
+        imported = import_handler(handler, import_paths=[Path.cwd(), *(import_path or [])])
+    except ValidationError as error:
+        _fail(str(error), EXIT_BAD_INPUT)
+    log = logging.StreamHandler(sys.stderr)
+    log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(log)
+    root.setLevel(log_level.value)
+    try:
+        outcome = _run(
+            ctx,
+            lambda backend: run_worker(
+                backend,
+                imported,
+                agent_id,
+                concurrency=concurrency,
+                capabilities=given,
+                grace=grace,
+                visibility_timeout=visibility_timeout,
+                handler_timeout=handler_timeout,
+                ttl=ttl,
+                heartbeat_interval=heartbeat,
+                also_shared=shared,
+                replace=replace,
+            ),
+        )
+    finally:
+        root.removeHandler(log)
+        root.setLevel(previous)
+    if outcome.reason is StopReason.ABORTED:
+        raise typer.Exit(128 + int(outcome.signal or 0))  # the shell's "killed by N"
+    if outcome.reason is StopReason.LOST:
+        raise typer.Exit(EXIT_FAILED)
 
 
 # -- commands from plugins ----------------------------------------------------------------------
