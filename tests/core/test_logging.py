@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from functools import partial
 
 import anyio
@@ -18,6 +19,8 @@ from tta_agent_coordination import (
     AgentId,
     AgentMessage,
     Backend,
+    BackendUnavailableError,
+    CircuitBreakerConfig,
     CircuitOpenError,
     Delivery,
     FailureType,
@@ -25,6 +28,8 @@ from tta_agent_coordination import (
     connect,
 )
 from tta_agent_coordination._log import MESSAGE_FIELDS, log_message
+from tta_agent_coordination.backends.memory import MemoryBackend, MemoryClock
+from tta_agent_coordination.breaker import CircuitBreaker
 from tta_agent_coordination.coordinator import MessageCoordinator, _Slots, _Worker
 from tta_agent_coordination.errors import PermanentFailureError
 from tta_agent_coordination.metrics import (
@@ -33,6 +38,8 @@ from tta_agent_coordination.metrics import (
     DELIVERIES_RELEASED,
     RESPONSES_LATE,
 )
+from tta_agent_coordination.models import RegistryEvent
+from tta_agent_coordination.registry import AgentRegistry
 from tta_agent_coordination.retry import RetryPolicy
 
 pytestmark = pytest.mark.anyio
@@ -376,3 +383,146 @@ async def test_a_delivery_not_started_at_shutdown_is_info(
     record = one(caplog, "not started: " + ("left reserved" if aborted else "released"))
     assert record.levelno == logging.INFO
     assert_names(record, entry_id=entry, queue="svc:1", attempt=1)
+
+
+# -- circuit breakers ---------------------------------------------------------------------
+
+BREAKER_LOGGER = "tta_agent_coordination.breaker"
+
+
+async def test_breaker_transitions_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=BREAKER_LOGGER)
+    config = CircuitBreakerConfig(
+        failure_threshold=1, recovery_timeout=10, half_open_max_calls=1, success_threshold=1
+    )
+    async with connect("memory://?clock=manual") as backend:
+        breaker = CircuitBreaker(backend, "llm", config)
+
+        async def fail() -> None:
+            raise ConnectionError("down")
+
+        with pytest.raises(ConnectionError):
+            await breaker.call(fail)
+        assert backend.clock is not None
+        await backend.clock.advance(10)
+        await breaker.call(lambda: None)
+    moves = [
+        (r.levelno, *(r.__dict__[k] for k in ("breaker", "from_state", "to_state")), r.getMessage())
+        for r in caplog.records
+        if r.name == BREAKER_LOGGER
+    ]
+    assert moves == [
+        (logging.WARNING, "llm", "closed", "open", "circuit breaker 'llm': closed -> open"),
+        (logging.INFO, "llm", "open", "half_open", "circuit breaker 'llm': open -> half_open"),
+        (logging.INFO, "llm", "half_open", "closed", "circuit breaker 'llm': half_open -> closed"),
+    ]
+
+
+async def test_breaker_store_errors_name_the_breaker(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.WARNING, logger=BREAKER_LOGGER)
+    async with connect("memory://") as backend:
+        breaker = CircuitBreaker(backend, "llm")
+
+        async def broken(*args: object) -> object:
+            raise BackendUnavailableError("store down")
+
+        monkeypatch.setattr(backend.breakers, "acquire", broken)
+        assert await breaker.call(lambda: 7) == 7  # fails open
+    (record,) = [r for r in caplog.records if r.name == BREAKER_LOGGER]
+    assert record.levelno == logging.WARNING
+    assert (record.breaker, record.operation) == ("llm", "acquire")  # type: ignore[attr-defined]
+    assert "store down" in record.getMessage()
+
+
+# -- the registry -------------------------------------------------------------------------
+
+REGISTRY_LOGGER = "tta_agent_coordination.registry"
+ALPHA = AgentId("summariser", "alpha")
+
+
+def registry_records(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str, str]]:
+    return [
+        (r.levelno, r.agent_id, r.getMessage())  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.name == REGISTRY_LOGGER
+    ]
+
+
+async def test_registrations_and_events_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger=REGISTRY_LOGGER)
+    async with MemoryBackend(clock=MemoryClock(manual=True, start=1_000.0)) as backend:
+        registry = AgentRegistry(backend)
+        start = (await registry.read_events()).next_cursor
+        token = await registry.register(ALPHA, ttl=10)
+        await registry.heartbeat(ALPHA, token, load=0.5)
+        assert not await registry.deregister(ALPHA, "not-the-token")
+        await backend.clock.advance(11)  # it expires
+        beta = AgentId("summariser", "beta")
+        other = await registry.register(beta, replace=True)
+        assert await registry.deregister(beta, other)
+        seen: list[RegistryEvent] = []
+        with anyio.fail_after(5):
+            async with aclosing(registry.events(after=start, wait=1)) as events:
+                async for event in events:
+                    seen.append(event)
+                    if len(seen) == 5:
+                        break
+    logged = registry_records(caplog)
+    assert logged[:4] == [
+        (
+            logging.INFO,
+            "summariser:alpha",
+            "registered agent summariser:alpha (ttl=10s, 0 capabilities)",
+        ),
+        (
+            logging.INFO,
+            "summariser:alpha",
+            "agent summariser:alpha was not deregistered: the session was not current"
+            " (replaced or expired)",
+        ),
+        (
+            logging.INFO,
+            "summariser:beta",
+            "registered agent summariser:beta"
+            " (ttl=30.0s, 0 capabilities, replacing a live session)",
+        ),
+        (logging.INFO, "summariser:beta", "deregistered agent summariser:beta"),
+    ]
+    logged_events = [r for r in caplog.records if r.name == REGISTRY_LOGGER][4:]
+    assert [(r.levelno, r.__dict__["event"], r.__dict__["cursor"]) for r in logged_events] == [
+        (logging.INFO, "registered", seen[0].cursor),
+        (logging.DEBUG, "updated", seen[1].cursor),
+        (logging.WARNING, "expired", seen[2].cursor),
+        (logging.INFO, "registered", seen[3].cursor),
+        (logging.INFO, "deregistered", seen[4].cursor),
+    ]
+    assert logged_events[2].getMessage() == (
+        f"registry event: summariser:alpha expired (cursor {seen[2].cursor})"
+    )
+    assert all(r.__dict__["agent_type"] == "summariser" for r in logged_events)
+
+
+async def test_a_managed_registration_logs_its_end_and_sweeps(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO, logger=REGISTRY_LOGGER)
+    async with MemoryBackend(clock=MemoryClock(manual=True, start=1_000.0)) as backend:
+        swept = anyio.Event()
+
+        async def sweep() -> int:
+            swept.set()
+            return 2
+
+        monkeypatch.setattr(backend.registry, "sweep", sweep)
+        registry = AgentRegistry(backend)
+        async with registry.registered(ALPHA, heartbeat_interval=0.01):
+            with anyio.fail_after(5):
+                await swept.wait()
+        async with registry.registered(ALPHA, heartbeat_interval=60):
+            await backend.registry.register(ALPHA, replace=True)  # someone else takes it over
+    messages = [r.getMessage() for r in caplog.records if r.name == REGISTRY_LOGGER]
+    assert "registry sweep: 2 agent(s) expired" in messages
+    assert "deregistered agent summariser:alpha" in messages
+    assert messages[-1].startswith("agent summariser:alpha was not deregistered")

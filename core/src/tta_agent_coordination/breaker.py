@@ -364,6 +364,7 @@ class CircuitBreaker:
             type(exc).__qualname__,
             exc,
             self._on_store_error,
+            extra={"breaker": self._name, "operation": operation},
         )
         self._metrics.increment(
             BREAKER_STORE_ERRORS, labels={"breaker": self._name, "operation": operation}
@@ -373,6 +374,19 @@ class CircuitBreaker:
         self._last = snapshot
         if transition is None:
             return
+        to_open = transition.to_state == BreakerState.OPEN
+        logger.log(
+            logging.WARNING if to_open else logging.INFO,
+            "circuit breaker %r: %s -> %s",
+            self._name,
+            transition.from_state.value,
+            transition.to_state.value,
+            extra={
+                "breaker": self._name,
+                "from_state": transition.from_state.value,
+                "to_state": transition.to_state.value,
+            },
+        )
         self._metrics.increment(
             BREAKER_TRANSITIONS,
             labels={

@@ -42,12 +42,27 @@ from tta_agent_coordination.models import (
     CapabilityQuery,
     Page,
     RegistryEvent,
+    RegistryEventKind,
 )
 from tta_agent_coordination.protocols import Backend, RegistryStore
 
 __all__ = ["AgentRegistry", "Registration"]
 
 logger = logging.getLogger(__name__)
+
+#: The level each registry event is logged at by :meth:`AgentRegistry.events`.
+_EVENT_LEVELS: Final = {
+    RegistryEventKind.REGISTERED: logging.INFO,
+    RegistryEventKind.DEREGISTERED: logging.INFO,
+    RegistryEventKind.EXPIRED: logging.WARNING,  # it stopped heartbeating without deregistering
+    RegistryEventKind.UPDATED: logging.DEBUG,
+}
+
+
+def _agent(agent_id: AgentId, **more: object) -> dict[str, object]:
+    """The ``extra`` fields of a record about an agent."""
+    return {"agent_id": str(agent_id), "agent_type": agent_id.type, **more}
+
 
 #: How long (real seconds) one ``read_events`` call of :meth:`AgentRegistry.events` blocks.
 EVENTS_WAIT: Final = 30.0
@@ -127,15 +142,28 @@ class Registration:
             try:
                 await self.heartbeat()
             except (AgentConflictError, AgentNotFoundError) as exc:
-                logger.error("registration of %s lost, heartbeats stop: %s", self.agent_id, exc)  # noqa: TRY400  # the error is the news, not a traceback
+                logger.error(  # noqa: TRY400  # the error is the news, not a traceback
+                    "registration of %s lost, heartbeats stop: %s",
+                    self.agent_id,
+                    exc,
+                    extra=_agent(self.agent_id),
+                )
                 return
             except BackendError as exc:
-                logger.warning("heartbeat of %s failed, retrying: %s", self.agent_id, exc)
+                logger.warning(
+                    "heartbeat of %s failed, retrying: %s",
+                    self.agent_id,
+                    exc,
+                    extra=_agent(self.agent_id),
+                )
                 continue
             try:
-                await self._store.sweep()
+                expired = await self._store.sweep()
             except BackendError as exc:
                 logger.warning("registry sweep failed, retrying: %s", exc)
+                continue
+            if expired:
+                logger.info("registry sweep: %d agent(s) expired", expired)
 
 
 class AgentRegistry:
@@ -176,7 +204,7 @@ class AgentRegistry:
             AgentConflictError: The id is live under another session and ``replace`` is false.
             ValidationError: A bad ttl, load, capability or metadata.
         """
-        return await self._store.register(
+        token = await self._store.register(
             agent_id,
             capabilities=capabilities,
             metadata=metadata,
@@ -185,6 +213,15 @@ class AgentRegistry:
             available=available,
             replace=replace,
         )
+        logger.info(
+            "registered agent %s (ttl=%ss, %d capabilities%s)",
+            agent_id,
+            ttl,
+            len(capabilities),
+            ", replacing a live session" if replace else "",
+            extra=_agent(agent_id),
+        )
+        return token
 
     async def heartbeat(
         self,
@@ -204,7 +241,9 @@ class AgentRegistry:
 
     async def deregister(self, agent_id: AgentId, token: str) -> bool:
         """End the session; ``False`` if ``token`` is not the current session."""
-        return await self._store.deregister(agent_id, token)
+        done = await self._store.deregister(agent_id, token)
+        _log_deregistered(agent_id, done)
+        return done
 
     async def get(self, agent_id: AgentId) -> AgentInfo | None:
         """The live agent, or ``None``."""
@@ -252,6 +291,14 @@ class AgentRegistry:
                 self._metrics.increment(
                     REGISTRY_EVENTS,
                     labels={"kind": event.kind.value, "agent_type": event.agent_id.type},
+                )
+                logger.log(
+                    _EVENT_LEVELS.get(event.kind, logging.INFO),
+                    "registry event: %s %s (cursor %s)",
+                    event.agent_id,
+                    event.kind.value,
+                    event.cursor,
+                    extra=_agent(event.agent_id, event=event.kind.value, cursor=event.cursor),
                 )
                 yield event
             cursor = page.next_cursor
@@ -310,6 +357,24 @@ class AgentRegistry:
         finally:
             with anyio.move_on_after(DEREGISTER_TIMEOUT, shield=True):
                 try:
-                    await self._store.deregister(agent_id, token)
+                    done = await self._store.deregister(agent_id, token)
                 except BackendError as exc:
-                    logger.warning("deregistering %s failed (it will expire): %s", agent_id, exc)
+                    logger.warning(
+                        "deregistering %s failed (it will expire): %s",
+                        agent_id,
+                        exc,
+                        extra=_agent(agent_id),
+                    )
+                else:
+                    _log_deregistered(agent_id, done)
+
+
+def _log_deregistered(agent_id: AgentId, done: bool) -> None:
+    if done:
+        logger.info("deregistered agent %s", agent_id, extra=_agent(agent_id))
+    else:
+        logger.info(
+            "agent %s was not deregistered: the session was not current (replaced or expired)",
+            agent_id,
+            extra=_agent(agent_id),
+        )
