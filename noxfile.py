@@ -1,6 +1,8 @@
-"""Every task a person or CI runs: ``nox`` runs lint, typecheck and tests; ``nox -s demo``.
+"""Every task a person or CI runs: ``nox`` runs lint, typecheck, tests, conformance and docs.
 
-Sessions use the uv backend and share one wheel build of the core per nox run.
+``nox -s demo`` runs the demo, ``nox -s build`` builds every distribution's sdist and wheel into
+``dist/``. Sessions use the uv backend and share one build of every distribution per nox run
+(``.nox/_wheels``), made exactly as ``nox -s build`` makes a release.
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ import nox
 
 nox.needs_version = ">=2025.2.9"
 nox.options.default_venv_backend = "uv"
-nox.options.sessions = ["lint", "typecheck", "tests", "conformance"]
+nox.options.sessions = ["lint", "typecheck", "tests", "conformance", "docs"]
 nox.options.reuse_venv = "yes"
 
 ROOT = Path(__file__).parent
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
 WHEELS = ROOT / ".nox" / "_wheels"
+DIST = ROOT / "dist"
+SITE = ROOT / "site"
+# The wheel-install test (tests/packaging/) installs from this directory, as a user would.
+WHEEL_DIR_ENV = "TTA_WHEEL_DIR"
 EXAMPLE = ROOT / "docs" / "examples" / "acme-backend"
 # The rebuilt wheel keeps its version: make uv replace what a reused venv holds.
 REINSTALL = ["--reinstall-package", "tta-agent-coordination"]
@@ -57,8 +63,10 @@ def _coverage_python() -> str:
     candidates = [shutil.which(f"python3.{minor}") for minor in (14, 13, 12)]
     candidates += sorted(glob.glob(f"{pyenv_root}/versions/3.1[2-9]*/bin/python3"), reverse=True)
     for candidate in candidates:
-        probe = [candidate, "-c", ""] if candidate else None
-        if probe and subprocess.run(probe, check=False, capture_output=True).returncode == 0:
+        if candidate is None:
+            continue
+        probe = [candidate, "-c", ""]
+        if subprocess.run(probe, check=False, capture_output=True).returncode == 0:
             return candidate
     return "3.11"
 
@@ -67,19 +75,24 @@ TEST_PYTHON = _coverage_python()
 
 
 def _group(name: str) -> list[str]:
-    return nox.project.dependency_groups(PYPROJECT, name)
+    return list(nox.project.dependency_groups(PYPROJECT, name))
+
+
+def _build_distributions(session: nox.Session, out_dir: Path) -> None:
+    """Build every distribution's sdist, then its wheel from that sdist, into ``out_dir``."""
+    for old in out_dir.glob("*"):
+        old.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for distribution, _, _ in DISTRIBUTIONS:
+        session.run("uv", "build", "--out-dir", str(out_dir), distribution, external=True)
 
 
 def _build_wheels(session: nox.Session) -> None:
-    """Build every distribution's wheel once per nox run (sessions install the same files)."""
+    """Build every distribution once per nox run (sessions install the same files)."""
     marker = WHEELS / f"built-{os.getppid()}-{os.getpid()}"
     if marker.exists():
         return
-    for old in WHEELS.glob("*"):
-        old.unlink()
-    WHEELS.mkdir(parents=True, exist_ok=True)
-    for distribution, _, _ in DISTRIBUTIONS:
-        session.run("uv", "build", "--wheel", "--out-dir", str(WHEELS), distribution, external=True)
+    _build_distributions(session, WHEELS)
     marker.touch()
 
 
@@ -116,7 +129,8 @@ def tests(session: nox.Session) -> None:
     env = {
         "HYPOTHESIS_PROFILE": os.environ.get(
             "HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"
-        )
+        ),
+        WHEEL_DIR_ENV: str(WHEELS),
     }
     session.run("coverage", "erase")
     session.run("coverage", "run", "-m", "pytest", "--durations=15", *session.posargs, env=env)
@@ -168,4 +182,32 @@ def conformance(session: nox.Session) -> None:
         "tta_agent_coordination.testing",
         "--tta-backend=acme://",
         *session.posargs,
+    )
+
+
+@nox.session(python=PYTHON)
+def build(session: nox.Session) -> None:
+    """Every distribution's sdist and wheel into dist/, ready to upload."""
+    _build_distributions(session, DIST)
+    for path in sorted(DIST.iterdir()):
+        session.log(f"built {path.relative_to(ROOT)}")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The documentation site (mkdocs.yml) into site/, failing on any warning (--strict).
+
+    mkdocstrings reads the API reference from the sources, so nothing is installed but the
+    docs group. Extra arguments go to ``mkdocs build``, e.g. ``nox -s docs -- --verbose``.
+    """
+    session.install(*_group("docs"))
+    session.run(
+        "mkdocs",
+        "build",
+        "--strict",
+        "--clean",
+        "--site-dir",
+        str(SITE),
+        *session.posargs,
+        env={"NO_MKDOCS_2_WARNING": "1"},  # mkdocs-material's banner about its future
     )

@@ -6,6 +6,8 @@ breakers whose state every process shares, on pluggable backends (``memory://`` 
 
 from __future__ import annotations
 
+from importlib.metadata import version as _version
+
 from ._compat_models import CompatConfig, MessageSubscription, QueueMessage, ReceivedMessage
 from .breaker import BreakerGuard, CircuitBreaker
 from .compat import RedisAgentRegistry, RedisMessageCoordinator
@@ -65,7 +67,8 @@ from .registry import AgentRegistry, Registration
 from .retry import Attempt, Retrying, RetryPolicy, retry
 from .settings import BackendOptions
 
-__version__ = "0.1.0.dev0"
+#: The installed distribution's version (its one source is ``core/pyproject.toml``).
+__version__: str = _version("tta-agent-coordination")
 
 __all__ = [
     "AgentConflictError",
