@@ -132,6 +132,9 @@ async def test_queue_depths_by_type_and_bucket(backend: Backend) -> None:
     assert gauge(registry, "tta_collector_queues") == 5
     assert gauge(registry, "tta_collector_truncated", what="queues") == 0
     assert gauge(registry, "tta_collector_refresh_errors_total") == 0
+    assert gauge(registry, "tta_collector_refreshes_total") == 1
+    assert collector.refreshes == 1
+    assert collector.last_error is None
     age = gauge(registry, "tta_collector_snapshot_age_seconds")
     assert age is not None
     assert 0 <= age < 60
@@ -269,8 +272,11 @@ async def test_a_failed_refresh_keeps_the_last_snapshot(
         await collector.refresh()
     assert collector.snapshot is good
     assert collector.errors == 1
+    assert collector.last_error is not None
+    assert "redis is down" in collector.last_error
     assert gauge(registry, "tta_collector_up") == 0
     assert gauge(registry, "tta_collector_refresh_errors_total") == 1
+    assert gauge(registry, "tta_collector_refreshes_total") == 1
     assert gauge(registry, "tta_queue_depth", queue="world", agent_type="world", state="ready") == 3
 
 

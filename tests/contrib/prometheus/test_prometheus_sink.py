@@ -35,6 +35,7 @@ from tta_agent_coordination import (
 from tta_agent_coordination import metrics as core_metrics
 from tta_agent_coordination.metrics import Labels, MetricsSink
 from tta_agent_coordination.protocols import Backend
+from tta_agent_coordination.worker import WORKER_HANDLERS_RUNNING
 from tta_agent_coordination_prometheus import (
     DEFAULT_BUCKETS,
     METRICS,
@@ -108,6 +109,7 @@ def test_declares_every_name_the_core_reports() -> None:
         for name in core_metrics.__all__
         if name.isupper() and name not in {"NOOP_METRICS", "QUEUE_DEPTH"}
     }
+    reported.add(WORKER_HANDLERS_RUNNING)
     assert set(METRICS) == reported  # QUEUE_DEPTH is the collector's, read at scrape time
 
 
@@ -191,6 +193,14 @@ def test_instance_labels_keep_full_queue_names(registry: CollectorRegistry) -> N
     assert (
         value(registry, "tta_deliveries_reserved_total", queue="world:w2", agent_type="world") == 1
     )
+
+
+def test_worker_gauge_by_agent_type(registry: CollectorRegistry) -> None:
+    sink = PrometheusMetrics(registry)
+    sink.gauge(WORKER_HANDLERS_RUNNING, 3, {"agent": "summariser:host-12"})
+    sink.gauge(WORKER_HANDLERS_RUNNING, 2, {"agent": "summariser:host-12"})
+    got = value(registry, WORKER_HANDLERS_RUNNING, agent="summariser:*", agent_type="summariser")
+    assert got == 2
 
 
 def test_label_values_are_capped(registry: CollectorRegistry) -> None:

@@ -64,6 +64,7 @@ class _Status:
 
     snapshot: CollectorSnapshot | None = None
     up: bool = False
+    refreshes: int = 0
     errors: int = 0
     last_error: str | None = field(default=None)
 
@@ -140,9 +141,19 @@ class CoordinationCollector:
         return self._status.snapshot
 
     @property
+    def refreshes(self) -> int:
+        """Refreshes that worked so far."""
+        return self._status.refreshes
+
+    @property
     def errors(self) -> int:
         """Refreshes that failed so far."""
         return self._status.errors
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last refresh failed (``None`` when it worked)."""
+        return self._status.last_error
 
     # -- reading the backend (on the event loop) -------------------------------------------------
 
@@ -161,7 +172,11 @@ class CoordinationCollector:
         except Exception as exc:
             status = self._status
             self._status = _Status(
-                status.snapshot, up=False, errors=status.errors + 1, last_error=repr(exc)
+                status.snapshot,
+                up=False,
+                refreshes=status.refreshes,
+                errors=status.errors + 1,
+                last_error=repr(exc),
             )
             raise
         finished = time.monotonic()
@@ -173,7 +188,12 @@ class CoordinationCollector:
             breakers=breakers,
             breakers_truncated=breakers_truncated,
         )
-        self._status = _Status(snapshot, up=True, errors=self._status.errors)
+        self._status = _Status(
+            snapshot,
+            up=True,
+            refreshes=self._status.refreshes + 1,
+            errors=self._status.errors,
+        )
         return snapshot
 
     async def _read_queues(self) -> tuple[tuple[QueueStats, ...], bool]:
@@ -242,14 +262,17 @@ class CoordinationCollector:
             "tta_collector_up",
             "1 if the collector's last refresh of queue and breaker stats worked.",
         )
+        refreshes = CounterMetricFamily(
+            "tta_collector_refreshes", "Refreshes of queue and breaker stats that worked."
+        )
         errors = CounterMetricFamily(
             "tta_collector_refresh_errors", "Refreshes of queue and breaker stats that failed."
         )
         if status is not None:
             up.add_metric([], 1.0 if status.up else 0.0)
+            refreshes.add_metric([], float(status.refreshes))
             errors.add_metric([], float(status.errors))
-        yield up
-        yield errors
+        yield from (up, refreshes, errors)
         age = GaugeMetricFamily(
             "tta_collector_snapshot_age_seconds",
             "Seconds since the queue and breaker stats served were read.",

@@ -7,7 +7,8 @@ metric made on first sight. Label values are kept to a bounded set:
 * ``queue``: a per-instance queue ``type:instance`` becomes ``type:*``, so every instance of a
   type shares one series, and so do all coordinators' reply queues (``tta.reply:*``). A shared
   queue (``type``) keeps its name. ``instance_labels=True`` keeps the full queue name.
-* ``agent_type``: added wherever a ``queue`` is reported: the queue's type.
+* ``agent`` (a worker's ``type:instance``): mapped the same way, to ``type:*``.
+* ``agent_type``: added wherever a ``queue`` or an ``agent`` is reported: its type.
 * any label: at most ``max_label_values`` distinct values per metric and label; later new values
   are reported as ``_other_`` (which no agent type can be: types start with a letter or digit).
 
@@ -43,6 +44,7 @@ from tta_agent_coordination.metrics import (
     RESPONSES_LATE,
     Labels,
 )
+from tta_agent_coordination.worker import WORKER_HANDLERS_RUNNING
 
 __all__ = [
     "DEFAULT_BUCKETS",
@@ -86,6 +88,7 @@ OTHER: Final = "_other_"
 SINK_ERRORS: Final = "tta_metrics_sink_errors"
 
 _QUEUE = ("queue", "agent_type")
+_BY_AGENT = ("queue", "agent")  # labels whose values are agent ids, mapped by queue_label
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _MAX_DYNAMIC = 100
@@ -137,6 +140,9 @@ METRICS: Final[Mapping[str, MetricSpec]] = {
     ),
     REQUEST_DURATION: MetricSpec(
         "histogram", "Time from sending a request to its response (or timeout).", ("outcome",)
+    ),
+    WORKER_HANDLERS_RUNNING: MetricSpec(
+        "gauge", "Handlers a worker is running now.", ("agent", "agent_type")
     ),
 }
 
@@ -295,12 +301,13 @@ class PrometheusMetrics:
 
     def _values(self, found: _Metric, labels: Labels) -> list[str]:
         given = dict(labels)
-        queue = given.get("queue")
-        if queue is not None:
-            given["queue"], agent_type = queue_label(
-                str(queue), instance_labels=self._instance_labels
-            )
-            given.setdefault("agent_type", agent_type)
+        for label in _BY_AGENT:
+            name = given.get(label)
+            if name is not None:
+                given[label], agent_type = queue_label(
+                    str(name), instance_labels=self._instance_labels
+                )
+                given.setdefault("agent_type", agent_type)
         values: list[str] = []
         for label in found.spec.labelnames:
             value = str(given.get(label, ""))
@@ -319,7 +326,7 @@ class PrometheusMetrics:
             if name in self._metrics:
                 return self._metrics[name]
             keys = {str(key) for key in (labels or {})}
-            if "queue" in keys:
+            if keys & set(_BY_AGENT):
                 keys.add("agent_type")
             dynamic = sum(1 for n in self._metrics if n not in METRICS)
             problem = None
