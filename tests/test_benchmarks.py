@@ -1,0 +1,76 @@
+"""The benchmark command runs end to end on a tiny N and prints its table (issue 9).
+
+A benchmark is never a unit test: nothing here looks at a figure. It checks that
+``python -m benchmarks --quick`` starts its own redis-server, runs every measurement, prints
+the placement, the table and the targets, and writes the raw figures as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MEASUREMENTS = [
+    "floor.seq",
+    "floor.pipe",
+    "floor.lua",
+    "ours.single",
+    "ours.batch",
+    "ours.serve",
+    "latency.floor",
+    "latency.ours",
+    "breaker",
+    "registry",
+    "memory",
+    "memory_driver",
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("redis-server is not installed: the benchmark test must run in CI")
+        pytest.skip("redis-server is not installed")
+    out = tmp_path_factory.mktemp("bench")
+    command = [sys.executable, "-m", "benchmarks", "--quick", "--reps", "1", "--no-chart"]
+    done = subprocess.run(
+        [*command, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout, out
+
+
+def test_prints_placement_table_and_targets(run: tuple[str, Path]) -> None:
+    stdout, _ = run
+    assert "placement: redis-server on" in stdout
+    rows = [line.split()[0] for line in stdout.splitlines() if line and not line[0].isspace()]
+    for name in MEASUREMENTS:
+        assert name in rows, f"{name} missing from the table:\n{stdout}"
+    targets = stdout.split("targets (issue 9):", 1)[1].strip().splitlines()
+    verdicts = [line.split()[0] for line in targets if line.startswith("  ")]
+    assert len(verdicts) >= 12, stdout
+    assert set(verdicts) <= {"PASS", "MISS", "n/a"}, verdicts
+
+
+def test_writes_raw_figures(run: tuple[str, Path]) -> None:
+    _, out = run
+    raw = json.loads((out / "results.json").read_text())
+    assert set(raw["results"]) == set(MEASUREMENTS)
+    single = raw["results"]["ours.single"]
+    assert single["round_trips"]["values"]
+    assert single["enqueue"]["low"] <= single["enqueue"]["median"] <= single["enqueue"]["high"]
+    assert raw["meta"]["redis_server"]
+    assert "| ours.single | enqueue |" in (out / "results.md").read_text()
