@@ -211,3 +211,14 @@ def docs(session: nox.Session) -> None:
         *session.posargs,
         env={"NO_MKDOCS_2_WARNING": "1"},  # mkdocs-material's banner about its future
     )
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """The benchmark suite (issue 9; not run by default): ``python -m benchmarks`` on the wheels.
+
+    Starts its own redis-server (the ``redis-server`` binary must be installed). Arguments go
+    to the command, e.g. ``nox -s bench -- --peers`` or ``nox -s bench -- --quick``.
+    """
+    session.install(*_all_wheels(session), "-r", "benchmarks/requirements.txt")
+    session.run("python", "-m", "benchmarks", *session.posargs)
