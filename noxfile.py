@@ -189,7 +189,7 @@ def conformance(session: nox.Session) -> None:
 def build(session: nox.Session) -> None:
     """Every distribution's sdist and wheel into dist/, ready to upload."""
     _build_distributions(session, DIST)
-    for path in sorted(DIST.iterdir()):
+    for path in sorted([*DIST.glob("*.tar.gz"), *DIST.glob("*.whl")]):
         session.log(f"built {path.relative_to(ROOT)}")
 
 
