@@ -21,7 +21,7 @@ import json
 import logging
 import sys
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -34,6 +34,7 @@ from pydantic import JsonValue
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from typer.core import TyperGroup
 
 from .coordinator import MessageCoordinator
 from .errors import (
@@ -83,7 +84,50 @@ _EPILOG = (
 
 T = TypeVar("T")
 
+def _click_class(name: str) -> type[Exception]:
+    """A click exception class as typer uses it (typer >= 0.20 vendors its own click)."""
+    found: type[Exception] = next(k for k in typer.BadParameter.__mro__ if k.__name__ == name)
+    return found
+
+
+_ClickException = _click_class("ClickException")
+
+
+class _OneLineErrors(TyperGroup):
+    """The root group: a usage error is one line on stderr (exit 2), not a boxed panel."""
+
+    def main(  # type: ignore[override]  # click's overloads; we only add error handling
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the command line; in standalone mode, end the process with its exit code."""
+        prog_name = prog_name or "tta-coord"
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _ClickException as error:
+            failure: Any = error
+            context: Any = getattr(failure, "ctx", None)
+            if type(error).__name__ == "NoArgsIsHelpError":  # a bare group shows its help
+                typer.echo(context.get_help(), nl=False)  # typer's rich help prints itself
+            else:
+                hint = f" (see: {context.command_path} --help)" if context is not None else ""
+                typer.echo(f"tta-coord: error: {failure.format_message()}{hint}", err=True)
+            sys.exit(failure.exit_code)
+        except typer.Abort:
+            # after a question that met the end of its input: end the question's line first
+            typer.echo("\ntta-coord: aborted: nothing more was done", err=True)
+            sys.exit(EXIT_FAILED)
+        sys.exit(result if isinstance(result, int) else EXIT_OK)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="tta-coord",
     help="Operate tta-agent-coordination: queues, dead letters, agents and breakers.",
     epilog=_EPILOG,
