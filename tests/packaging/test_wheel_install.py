@@ -156,13 +156,9 @@ def test_the_conformance_one_liner_passes_against_the_real_redis(
     installed = user_venv.run("pip", "install", requirement)
     assert installed.returncode == 0, installed.stdout + installed.stderr
     url = _redis_url("tta-wheel-conformance")
+    # The one-liner, as the conformance page gives it (run in an empty directory).
     done = user_venv.run(
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "--pyargs",
-        "tta_agent_coordination.testing",
-        f"--tta-backend={url}",
+        "pytest", "--pyargs", "tta_agent_coordination.testing", f"--tta-backend={url}"
     )
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr
     assert f"tta-agent-coordination backend: {url}" in done.stdout
