@@ -22,6 +22,7 @@ import logging
 import sys
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -54,9 +55,17 @@ from .models import (
     MessageType,
     QueueStats,
 )
+from .metrics import NOOP_METRICS, MetricsSink
 from .plugins import connect, plugin_registry
 from .protocols import Backend
-from .worker import DEFAULT_GRACE, StopReason, import_handler, parse_capability, run_worker
+from .worker import (
+    DEFAULT_GRACE,
+    StopReason,
+    WorkerOutcome,
+    import_handler,
+    parse_capability,
+    run_worker,
+)
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -753,8 +762,18 @@ def worker(
     log_level: Annotated[
         _LogLevel, typer.Option(case_sensitive=False, help="Log level on stderr.")
     ] = _LogLevel.INFO,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            metavar="PORT",
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics on http://0.0.0.0:PORT/metrics ([prometheus] extra).",
+        ),
+    ] = None,
 ) -> None:
     """Run an agent: register it, heartbeat, serve its queue and its type's shared queue."""
+    endpoint = None if metrics_port is None else _metrics_endpoint()
     try:
         agent_id = AgentId.parse(agent)
     except ValidationError:
@@ -771,23 +790,34 @@ def worker(
     root.addHandler(log)
     root.setLevel(log_level.value)
     try:
-        outcome = _run(
-            ctx,
-            lambda backend: run_worker(
-                backend,
-                imported,
-                agent_id,
-                concurrency=concurrency,
-                capabilities=given,
-                grace=grace,
-                visibility_timeout=visibility_timeout,
-                handler_timeout=handler_timeout,
-                ttl=ttl,
-                heartbeat_interval=heartbeat,
-                also_shared=shared,
-                replace=replace,
-            ),
-        )
+
+        async def work(backend: Backend) -> WorkerOutcome:
+            async with AsyncExitStack() as stack:
+                metrics: MetricsSink = NOOP_METRICS
+                if endpoint is not None and metrics_port is not None:
+                    try:
+                        served = await stack.enter_async_context(endpoint(backend, metrics_port))
+                    except OSError as error:  # the port is taken: one line
+                        raise _CommandError(str(error)) from error
+                    metrics = served.metrics
+                    logging.getLogger(__name__).info("metrics at %s", served.server.url)
+                return await run_worker(
+                    backend,
+                    imported,
+                    agent_id,
+                    concurrency=concurrency,
+                    capabilities=given,
+                    grace=grace,
+                    visibility_timeout=visibility_timeout,
+                    handler_timeout=handler_timeout,
+                    ttl=ttl,
+                    heartbeat_interval=heartbeat,
+                    also_shared=shared,
+                    replace=replace,
+                    metrics=metrics,
+                )
+
+        outcome = _run(ctx, work)
     finally:
         root.removeHandler(log)
         root.setLevel(previous)
@@ -795,6 +825,21 @@ def worker(
         raise typer.Exit(128 + int(outcome.signal or 0))  # the shell's "killed by N"
     if outcome.reason is StopReason.LOST:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _metrics_endpoint() -> Callable[[Backend, int], AbstractAsyncContextManager[Any]]:
+    """The Prometheus contrib's ``metrics_endpoint``, imported only when ``--metrics-port`` asks."""
+    try:
+        from tta_agent_coordination_prometheus import (  # noqa: PLC0415  # an optional extra
+            metrics_endpoint,
+        )
+    except ImportError:
+        _fail(
+            "--metrics-port needs the Prometheus extra: "
+            "pip install 'tta-agent-coordination[prometheus]'",
+            EXIT_BAD_INPUT,
+        )
+    return metrics_endpoint
 
 
 # -- commands from plugins ----------------------------------------------------------------------

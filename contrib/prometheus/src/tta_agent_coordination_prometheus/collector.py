@@ -237,13 +237,21 @@ class CoordinationCollector:
 
     @asynccontextmanager
     async def running(self) -> AsyncGenerator[Self]:
-        """Run the refresher in a task group for the ``async with`` block (first refresh done)."""
+        """Run the refresher in a task group for the ``async with`` block (first refresh done).
+
+        An exception from the block propagates as itself, not in an ``ExceptionGroup``.
+        """
+        failure: BaseException | None = None
         async with anyio.create_task_group() as tg:
             await tg.start(self.run)
             try:
                 yield self
+            except BaseException as exc:  # noqa: BLE001  # re-raised below, unwrapped
+                failure = exc
             finally:
                 tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
 
     # -- serving a scrape (any thread) ------------------------------------------------------------
 
