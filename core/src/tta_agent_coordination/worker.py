@@ -609,7 +609,7 @@ class Worker:
     async def _watch(self, registration: Registration) -> None:
         """Report load changes with heartbeats; stop when the registration is lost."""
         reported = registration.load
-        while not self._stop.is_set():
+        while True:
             with anyio.move_on_after(self._interval):
                 await self._stop.wait()
             if registration.lost is not None:
