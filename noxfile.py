@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -211,6 +212,12 @@ def docs(session: nox.Session) -> None:
         *session.posargs,
         env={"NO_MKDOCS_2_WARNING": "1"},  # mkdocs-material's banner about its future
     )
+    # docs/_griffe_rst.py turns the docstrings' Sphinx roles into code spans: none may be left.
+    role = re.compile(r":(?:class|meth|func|attr|exc|mod|data|obj):`")
+    pages = SITE.rglob("*.html")
+    leftovers = [str(p.relative_to(SITE)) for p in pages if role.search(p.read_text())]
+    if leftovers:
+        session.error(f"Sphinx roles shown as text in {leftovers}")
 
 
 @nox.session(python=PYTHON)
