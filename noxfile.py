@@ -213,7 +213,7 @@ def docs(session: nox.Session) -> None:
         env={"NO_MKDOCS_2_WARNING": "1"},  # mkdocs-material's banner about its future
     )
     # docs/_griffe_rst.py turns the docstrings' Sphinx roles into code spans: none may be left.
-    role = re.compile(r":(?:class|meth|func|attr|exc|mod|data|obj):`")
+    role = re.compile(r":(?:class|meth|func|attr|exc|mod|data|obj):(?:`|<code)")
     pages = SITE.rglob("*.html")
     leftovers = [str(p.relative_to(SITE)) for p in pages if role.search(p.read_text())]
     if leftovers:
