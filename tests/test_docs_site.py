@@ -84,3 +84,13 @@ def test_every_python_block_runs(page: str, tmp_path: Path) -> None:
             expected = RUNNABLE[page]
             assert expected is not None, f"block {i} of {page} prints nothing checked"
             assert expected in done.stdout
+
+
+def test_the_core_readme_shows_the_same_quick_start() -> None:
+    """The core's README is its PyPI page: its example is the tested quick start."""
+    readme = (ROOT / "README.md").read_text()
+    core = (ROOT / "core" / "README.md").read_text()
+    python = [code for language, code in BLOCK.findall(core) if language == "python"]
+    assert python
+    assert python == [code for language, code in BLOCK.findall(readme) if language == "python"]
+    assert "](" not in core.replace("](https://", "")  # no relative link: PyPI cannot follow it
