@@ -375,3 +375,10 @@ async def test_describe_names_for_the_clash_check(backend: Backend) -> None:
 async def test_bad_arguments(backend: Backend, kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValidationError, match=match):
         CoordinationCollector(backend, **kwargs)
+
+
+async def test_an_error_in_the_block_comes_out_as_itself(backend: Backend) -> None:
+    collector = CoordinationCollector(backend)
+    with pytest.raises(KeyError, match="mine"):
+        async with collector.running():
+            raise KeyError("mine")

@@ -143,3 +143,11 @@ async def test_the_endpoint_stops_on_cancellation(backend: Backend) -> None:
     with pytest.raises(urllib.error.URLError):
         await anyio.to_thread.run_sync(_get, url)
     assert list(registry.collect()) == []
+
+
+async def test_an_error_in_the_endpoint_block_comes_out_as_itself(backend: Backend) -> None:
+    registry = CollectorRegistry()
+    with pytest.raises(KeyError, match="mine"):
+        async with metrics_endpoint(backend, 0, addr="127.0.0.1", registry=registry):
+            raise KeyError("mine")
+    assert list(registry.collect()) == []
