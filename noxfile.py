@@ -188,9 +188,12 @@ def conformance(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def build(session: nox.Session) -> None:
-    """Every distribution's sdist and wheel into dist/, ready to upload."""
+    """Every distribution's sdist and wheel into dist/, ready to upload (twine checks them)."""
     _build_distributions(session, DIST)
-    for path in sorted([*DIST.glob("*.tar.gz"), *DIST.glob("*.whl")]):
+    built = sorted([*DIST.glob("*.tar.gz"), *DIST.glob("*.whl")])
+    session.install("twine>=6.1")
+    session.run("twine", "check", "--strict", *(str(path) for path in built))
+    for path in built:
         session.log(f"built {path.relative_to(ROOT)}")
 
 
