@@ -7,9 +7,13 @@ formatted text (``record.getMessage()``), at the levels the docs promise.
 from __future__ import annotations
 
 import logging
+import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from functools import partial
+from pathlib import Path
 
 import anyio
 import pytest
@@ -526,3 +530,24 @@ async def test_a_managed_registration_logs_its_end_and_sweeps(
     assert "registry sweep: 2 agent(s) expired" in messages
     assert "deregistered agent summariser:alpha" in messages
     assert messages[-1].startswith("agent summariser:alpha was not deregistered")
+
+
+# -- the docs page ------------------------------------------------------------------------
+
+
+def test_the_logging_page_sample_prints_what_it_shows(tmp_path: Path) -> None:
+    page = Path(__file__).resolve().parents[2] / "docs" / "observability" / "logging.md"
+    section = page.read_text().split("## Sample output", 1)[1]
+    blocks = [(m[1], m[2]) for m in re.finditer(r"^```(\w*)\n(.*?)^```$", section, re.M | re.S)]
+    (language, code), (shown_language, shown) = blocks[:2]
+    assert (language, shown_language) == ("python", "text")
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == shown
