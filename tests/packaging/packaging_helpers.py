@@ -32,3 +32,19 @@ def missing(reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason} (CI=true: this test must run)")
     pytest.skip(reason)
+
+
+def wheel_dir() -> Path:
+    """The directory of every distribution's built sdist and wheel (``TTA_WHEEL_DIR``).
+
+    ``nox -s tests`` builds them once (``.nox/_wheels``, exactly as ``nox -s build`` makes a
+    release) and sets the variable. Without it (plain pytest) the caller skips with the reason,
+    or fails under ``CI=true``.
+    """
+    value = os.environ.get(WHEEL_DIR_ENV, "")
+    if not value:
+        missing(f"{WHEEL_DIR_ENV} is not set: `nox -s tests` builds the distributions and sets it")
+    path = Path(value)
+    if not any(path.glob("*.whl")):
+        missing(f"{WHEEL_DIR_ENV}={path} holds no wheel")
+    return path

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
-from packaging_helpers import DISTRIBUTIONS, ROOT, project
+from packaging_helpers import DISTRIBUTIONS, ROOT, project, wheel_dir
 
 import tta_agent_coordination
 
@@ -84,16 +84,22 @@ def test_version_attribute_is_the_installed_metadata() -> None:
     assert tta_agent_coordination.__version__ == installed == VERSION
 
 
-def _built(wheel_dir: Path, package: str) -> tuple[Path, Path]:
-    (wheel,) = wheel_dir.glob(f"{package}-{VERSION}-py3-none-any.whl")
-    (sdist,) = wheel_dir.glob(f"{package}-{VERSION}.tar.gz")
+@pytest.fixture(scope="module")
+def built() -> Path:
+    """The built sdists and wheels (skip without them, fail under CI)."""
+    return wheel_dir()
+
+
+def _built(directory: Path, package: str) -> tuple[Path, Path]:
+    (wheel,) = directory.glob(f"{package}-{VERSION}-py3-none-any.whl")
+    (sdist,) = directory.glob(f"{package}-{VERSION}.tar.gz")
     return wheel, sdist
 
 
 @pytest.mark.parametrize("directory", DISTRIBUTIONS)
-def test_built_wheel_is_complete(directory: str, wheel_dir: Path) -> None:
+def test_built_wheel_is_complete(directory: str, built: Path) -> None:
     package = DISTRIBUTIONS[directory]
-    wheel, _ = _built(wheel_dir, package)
+    wheel, _ = _built(built, package)
     info = f"{package}-{VERSION}.dist-info"
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
@@ -118,9 +124,9 @@ def test_built_wheel_is_complete(directory: str, wheel_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("directory", DISTRIBUTIONS)
-def test_built_sdist_is_complete(directory: str, wheel_dir: Path) -> None:
+def test_built_sdist_is_complete(directory: str, built: Path) -> None:
     package = DISTRIBUTIONS[directory]
-    _, sdist = _built(wheel_dir, package)
+    _, sdist = _built(built, package)
     top = f"{package}-{VERSION}"
     with tarfile.open(sdist) as archive:
         names = set(archive.getnames())
