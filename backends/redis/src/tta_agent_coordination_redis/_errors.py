@@ -14,6 +14,7 @@ never reported as a success without its reply.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -42,6 +43,10 @@ _PERMANENT: Final[tuple[type[BaseException], ...]] = (
     redis_errors.AuthenticationError,
     redis_errors.AuthorizationError,
 )
+
+#: Retries are logged here (INFO: a retried blip is not news; giving up raises, and the caller
+#: that gets the ``BackendUnavailableError`` decides how loud it is).
+logger = logging.getLogger("tta_agent_coordination.redis")
 
 _TRIES: Final = 4
 _BASE_DELAY: Final = 0.05
@@ -92,8 +97,17 @@ async def boundary(call: Callable[[], Awaitable[T]], *, what: str, tries: int = 
             if attempt >= tries:
                 msg = f"redis unreachable for {what} after {attempt} tries: {exc}"
                 raise BackendUnavailableError(msg) from exc
-            delay = min(1.0, _BASE_DELAY * 2 ** (attempt - 1))
-            await asyncio.sleep(random.uniform(0, delay))  # full jitter
+            delay = random.uniform(0, min(1.0, _BASE_DELAY * 2 ** (attempt - 1)))  # full jitter
+            logger.info(
+                "redis unreachable for %s (try %d of %d), retrying in %.3fs: %s",
+                what,
+                attempt,
+                tries,
+                delay,
+                exc,
+                extra={"operation": what, "try": attempt},
+            )
+            await asyncio.sleep(delay)
         except redis_errors.RedisError as exc:
             msg = f"redis error during {what}: {exc}"
             raise BackendError(msg) from exc
