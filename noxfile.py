@@ -1,8 +1,9 @@
 """Every task a person or CI runs: ``nox`` runs lint, typecheck, tests, conformance and docs.
 
 ``nox -s demo`` runs the demo, ``nox -s build`` builds every distribution's sdist and wheel into
-``dist/``. Sessions use the uv backend and share one build of every distribution per nox run
-(``.nox/_wheels``), made exactly as ``nox -s build`` makes a release.
+``dist/``, ``nox -s bench`` runs the benchmarks (CONTRIBUTING.md says more). Sessions use the uv
+backend and share one build of every distribution per nox run (``.nox/_wheels``), made exactly
+as ``nox -s build`` makes a release.
 """
 
 from __future__ import annotations
