@@ -31,6 +31,7 @@ from tta_agent_coordination import (
     connect,
 )
 from tta_agent_coordination.coordinator import MessageCoordinator
+from tta_agent_coordination.registry import AgentRegistry
 from tta_agent_coordination_opentelemetry import TracingMiddleware, destination_template
 from tta_agent_coordination_opentelemetry.tracing import (
     ATTEMPT,
@@ -397,3 +398,26 @@ def test_the_core_imports_no_opentelemetry() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+async def test_broadcast_copies_and_the_original_api_are_traced(
+    backend: Backend, tracing: Tracing
+) -> None:
+    registry = AgentRegistry(backend)
+    for instance in ("1", "2"):
+        await registry.register(AgentId("svc", instance))
+    coord = MessageCoordinator(
+        backend, middleware=[TracingMiddleware(tracing.provider)], registry=registry
+    )
+    entries = await coord.broadcast("svc", {"all": True})
+    message = AgentMessage(sender=AgentId("a"), recipient=AgentId("other"))
+    result = await coord.send_message(AgentId("a"), AgentId("other"), message)
+    copies = tracing.named("send svc:*")
+    assert sorted(str(dict(s.attributes or {})[ENTRY_ID]) for s in copies) == sorted(entries)
+    assert sorted(str(dict(s.attributes or {})[DESTINATION_NAME]) for s in copies) == [
+        "svc:1",
+        "svc:2",
+    ]
+    assert len({ids(s)[1] for s in copies}) == 2  # one producer span per copy
+    original = tracing.one("send other")
+    assert dict(original.attributes or {})[MESSAGE_ID] == result.message_id
