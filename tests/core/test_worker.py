@@ -247,6 +247,7 @@ async def noop(delivery: Delivery) -> None:
         ({"handler_timeout": 0}, "handler_timeout"),
         ({"ttl": 0}, "ttl"),
         ({"heartbeat_interval": 0}, "heartbeat_interval"),
+        ({"ttl": 3, "heartbeat_interval": 3}, "must be shorter than ttl"),
     ],
 )
 @pytest.mark.anyio

@@ -340,7 +340,8 @@ class Worker:
         handler_timeout: Seconds before a handler is cancelled and counted failed (``None``:
             no limit).
         ttl: Seconds the registration lives without a heartbeat.
-        heartbeat_interval: Seconds between heartbeats (``ttl / 3`` when ``None``).
+        heartbeat_interval: Seconds between heartbeats (``ttl / 3`` when ``None``), shorter
+            than ``ttl``.
         also_shared: Also serve the type's shared queue.
         replace: Take over a live registration of the same id (the other process's next
             heartbeat finds it lost, and a worker stops then).
@@ -388,6 +389,12 @@ class Worker:
             "heartbeat_interval",
             positive=True,
         )
+        if self._interval >= self._ttl:
+            msg = (
+                f"heartbeat_interval ({self._interval:g}s) must be shorter than ttl"
+                f" ({self._ttl:g}s), or the registration expires between heartbeats"
+            )
+            raise ValidationError(msg)
         self._backend = backend
         self._handler = handler
         checks.agent_id(agent_id, "agent_id")
