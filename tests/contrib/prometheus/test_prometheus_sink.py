@@ -229,6 +229,29 @@ def test_missing_and_extra_labels(registry: CollectorRegistry) -> None:
     assert value(registry, "tta_metrics_sink_errors_total") == 0
 
 
+def test_repeated_reports_reuse_their_series(registry: CollectorRegistry) -> None:
+    sink = PrometheusMetrics(registry, max_label_values=2)
+    for _ in range(3):
+        for kind in ("a", "b", "c", "d"):
+            sink.increment(
+                core_metrics.MESSAGES_SENT, labels={"queue": "q:1", "message_type": kind}
+            )
+    sent = families(registry)["tta_messages_sent"]
+    kinds = {s.labels["message_type"]: s.value for s in sent.samples if s.name.endswith("_total")}
+    assert kinds == {"a": 3, "b": 3, OTHER: 6}
+
+
+def test_an_unhashable_label_value_is_recorded_as_text(registry: CollectorRegistry) -> None:
+    sink = PrometheusMetrics(registry)
+    odd: Any = {"queue": "q", "reason": ["x"]}
+    sink.increment(core_metrics.DELIVERIES_DEAD_LETTERED, labels=odd)
+    sink.increment(core_metrics.DELIVERIES_DEAD_LETTERED, labels=odd)
+    got = value(
+        registry, "tta_deliveries_dead_lettered_total", queue="q", agent_type="q", reason="['x']"
+    )
+    assert got == 2
+
+
 # -- never raises ----------------------------------------------------------------------------------
 
 

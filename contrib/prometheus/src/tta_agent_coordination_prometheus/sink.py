@@ -92,6 +92,8 @@ _BY_AGENT = ("queue", "agent")  # labels whose values are agent ids, mapped by q
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _MAX_DYNAMIC = 100
+_MAX_CACHED = 10_000  # labelled children remembered by their report's labels
+_CacheKey = tuple[str, str, tuple[tuple[str, str], ...]]
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,7 @@ class PrometheusMetrics:
         self._lock = threading.Lock()  # guards the creation of metrics, not the hot path
         self._metrics: dict[str, _Metric | None] = {}
         self._warned: set[str] = set()
+        self._children: dict[_CacheKey, Counter | Histogram | Gauge] = {}
         created: list[Counter | Histogram | Gauge] = []
         try:
             errors = Counter(
@@ -243,6 +246,7 @@ class PrometheusMetrics:
         interpreter.
         """
         with self._lock:
+            self._children.clear()
             made = [self._errors, *(m.metric for m in self._metrics.values() if m is not None)]
             for metric in made:
                 try:
@@ -282,6 +286,22 @@ class PrometheusMetrics:
     # -- helpers -------------------------------------------------------------------------------
 
     def _child(
+        self, name: str, kind: Kind, labels: Labels | None
+    ) -> Counter | Histogram | Gauge | None:
+        """The labelled child to record on, from the cache when these labels were seen."""
+        key: _CacheKey = (name, kind, tuple(labels.items()) if labels else ())
+        try:
+            cached = self._children.get(key)
+        except TypeError:  # an unhashable label value: record it without the cache
+            return self._resolve(name, kind, labels)
+        if cached is not None:
+            return cached
+        child = self._resolve(name, kind, labels)
+        if child is not None and len(self._children) < _MAX_CACHED:
+            self._children[key] = child
+        return child
+
+    def _resolve(
         self, name: str, kind: Kind, labels: Labels | None
     ) -> Counter | Histogram | Gauge | None:
         found = self._metrics.get(name)
