@@ -93,6 +93,7 @@ _EPILOG = (
 
 T = TypeVar("T")
 
+
 def _click_class(name: str) -> type[Exception]:
     """A click exception class as typer uses it (typer >= 0.20 vendors its own click)."""
     found: type[Exception] = next(k for k in typer.BadParameter.__mro__ if k.__name__ == name)
