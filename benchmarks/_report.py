@@ -246,6 +246,11 @@ def print_table(meta: dict[str, Any], results: Results, rows: list[Target]) -> N
         f" redis-server {meta['redis_server']}"
     )
     print(meta["placement"])
+    for name, about in meta.get("peers", {}).items():
+        detail = about.get("error") or f"n={about['n']}, " + ", ".join(
+            f"{k} {v}" for k, v in about["versions"].items()
+        )
+        print(f"peer {name}: {detail.splitlines()[0]}")
     print(
         f"n={meta['n']} messages of {meta['payload_bytes']} bytes of JSON payload,"
         f" median of {meta['reps']} runs [min-max]"

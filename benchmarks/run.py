@@ -206,16 +206,15 @@ def main(argv: list[str] | None = None) -> int:
         only = set(args.only) or None
         results = asyncio.run(measure_all(server, size, only, log))
         if args.peers or args.peer:
-            results.update(
-                _peers.run_all(
-                    server=server,
-                    placement=placement,
-                    n=size.n,
-                    reps=size.reps,
-                    only=set(args.peer),
-                    log=log,
-                )
+            peer_results, meta["peers"] = _peers.run_all(
+                server=server,
+                placement=placement,
+                n=size.n,
+                reps=size.reps,
+                only=set(args.peer),
+                log=log,
             )
+            results.update(peer_results)
         meta["load_average_end"] = os.getloadavg()
     rows = targets(results)
     print_table(meta, results, rows)
