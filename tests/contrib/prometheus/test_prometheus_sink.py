@@ -354,6 +354,8 @@ def test_one_sink_per_registry_until_unregistered(registry: CollectorRegistry) -
     first.increment("tta_extra")
     first.unregister()
     first.unregister()  # twice is fine
+    first.increment("tta_after")  # a name first seen now registers nothing
+    first.increment(core_metrics.DELIVERIES_ACKED, labels={"queue": "q"})
     assert list(registry.collect()) == []
     second = PrometheusMetrics(registry)
     assert second.registry is registry

@@ -210,6 +210,7 @@ class PrometheusMetrics:
         self._metrics: dict[str, _Metric | None] = {}
         self._warned: set[str] = set()
         self._children: dict[_CacheKey, Counter | Histogram | Gauge] = {}
+        self._unregistered = False
         created: list[Counter | Histogram | Gauge] = []
         try:
             errors = Counter(
@@ -240,12 +241,13 @@ class PrometheusMetrics:
         return self._instance_labels
 
     def unregister(self) -> None:
-        """Remove this sink's metrics from its registry (reports after this go nowhere visible).
+        """Remove this sink's metrics from its registry; later reports go nowhere visible.
 
         Lets a process build a fresh sink on the same registry, e.g. a second worker run in one
         interpreter.
         """
         with self._lock:
+            self._unregistered = True  # and a name first seen later is not registered either
             self._children.clear()
             made = [self._errors, *(m.metric for m in self._metrics.values() if m is not None)]
             for metric in made:
@@ -350,6 +352,9 @@ class PrometheusMetrics:
                 keys.add("agent_type")
             dynamic = sum(1 for n in self._metrics if n not in METRICS)
             problem = None
+            if self._unregistered:
+                self._metrics[name] = None
+                return None
             if _NAME.fullmatch(name) is None:
                 problem = "not a Prometheus metric name"
             elif any(_LABEL.fullmatch(key) is None or key.startswith("__") for key in keys):
