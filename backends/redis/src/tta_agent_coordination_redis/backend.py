@@ -54,7 +54,7 @@ from tta_agent_coordination.errors import BackendConfigWarning, ValidationError
 from tta_agent_coordination.settings import BackendOptions
 
 from ._errors import boundary
-from ._scripts import ScriptRunner
+from ._scripts import Packed, ScriptRunner
 from .breakers import RedisBreakerStore
 from .keys import Keys
 from .queue import RedisQueueStore
@@ -111,6 +111,8 @@ class Connection:
         self._first_use = asyncio.Lock()
         get_kwargs: Callable[[], dict[str, Any]] = client.get_connection_kwargs
         kwargs = get_kwargs()
+        self._encoding: str = kwargs.get("encoding", "utf-8")
+        self._encoding_errors: str = kwargs.get("encoding_errors", "strict")
         # redis-py >= 6 gives every connection a 5 s socket timeout unless told otherwise.
         default: object = getattr(redis_connection, "DEFAULT_SOCKET_TIMEOUT", None)
         timeout = kwargs.get("socket_timeout", default)
@@ -154,13 +156,23 @@ class Connection:
             await boundary(self._check_server, what="the connect-time check")
         return await boundary(lambda: fn(self.client), what=what)
 
-    async def run_script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run ``scripts/<name>.lua`` in one round trip, inside the error boundary."""
+    async def run_script(
+        self, name: str, keys: Sequence[str], args: Sequence[Any], *, packed: Packed | None = None
+    ) -> Any:
+        """Run ``scripts/<name>.lua`` in one round trip, inside the error boundary.
+
+        ``packed``: ``keys`` and the leading arguments packed once (see ``_scripts.Packed``).
+        """
         if not self._checked:
             await boundary(self._check_server, what="the connect-time check")
         return await boundary(
-            lambda: self.scripts.run(self.client, name, keys, args), what=name.replace("_", " ")
+            lambda: self.scripts.run(self.client, name, keys, args, packed=packed),
+            what=name.replace("_", " "),
         )
+
+    def pack(self, keys: Sequence[str], args: Sequence[Any]) -> Packed:
+        """Pack ``keys`` and leading ``args`` once, with the client's encoding."""
+        return Packed(keys, args, self._encoding, self._encoding_errors)
 
     async def load_offset(self) -> None:
         """Read the namespace's clock offset (Redis Cluster keeps a copy client-side)."""

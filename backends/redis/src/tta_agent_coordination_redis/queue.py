@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 
     from tta_agent_coordination.settings import BackendOptions
 
+    from ._scripts import Packed
     from .backend import Connection
 
 __all__ = ["RECEIPT_PREFIX", "RedisQueueStore"]
@@ -68,6 +69,8 @@ __all__ = ["RECEIPT_PREFIX", "RedisQueueStore"]
 _MAX_BATCH: Final = 1000
 _MAX_ID: Final = 128
 _MAX_DEDUP: Final = 512
+#: Queues whose keys and leading script arguments are kept packed (see ``_head``).
+_MAX_HEADS: Final = 256
 
 _PART = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
 _QUEUE_NAME = re.compile(rf"{_PART}(?::{_PART})?")
@@ -177,6 +180,9 @@ class RedisQueueStore:
         keys = connection.keys
         self._ns_keys = [keys.clock, keys.queues, keys.idle]
         self._known: set[str] = set()  # cluster: queues this client saw in the index
+        # Per queue name: its keys, its leading arguments and both packed once (a bounded
+        # cache, oldest dropped first: reply queues come and go).
+        self._heads: dict[str, tuple[list[str], list[Any], Packed]] = {}
         self._common = [
             options.max_queue_length,
             _ms(options.dedup_window),
@@ -196,8 +202,23 @@ class RedisQueueStore:
     def _args(self, name: str, *args: Any) -> list[Any]:
         return [name, *self._common, self._connection.clock_arg(), *args]
 
+    def _head(self, name: str) -> tuple[list[str], list[Any], Packed]:
+        head = self._heads.get(name)
+        if head is None:
+            keys, fixed = self._keys(name), self._args(name)
+            head = (keys, fixed, self._connection.pack(keys, fixed))
+            if len(self._heads) >= _MAX_HEADS:
+                del self._heads[next(iter(self._heads))]
+            self._heads[name] = head
+        return head
+
     async def _run(self, script: str, name: str, *args: Any) -> Any:
-        return await self._connection.run_script(script, self._keys(name), self._args(name, *args))
+        if self._connection.cluster:  # the clock offset argument moves with clock.advance
+            return await self._connection.run_script(
+                script, self._keys(name), self._args(name, *args)
+            )
+        keys, fixed, packed = self._head(name)
+        return await self._connection.run_script(script, keys, [*fixed, *args], packed=packed)
 
     async def _indexed(self, name: str, *, created: bool) -> None:
         """Cluster: put a queue in the index unless the client knows it is there."""
