@@ -1,7 +1,8 @@
 """The other hot paths: latency, the breaker, the registry, memory per message, memory driver.
 
 * ``latency``: enqueue to handler start with an idle consumer waiting, one message at a time
-  (the next is sent once the consumer is blocked again, seen in ``INFO clients``): ours
+  (the producer waits for the handler, without polling, then sends the next once the consumer
+  is blocked again, seen in ``INFO clients``): ours
   through ``serve``, the floor a consumer blocked in ``BLPOP``;
 * ``breaker``: a call through a closed ``CircuitBreaker`` against the bare call;
 * ``registry``: ``discover`` with 100 and with 10,000 registered agents, 10 of them holding
@@ -54,25 +55,27 @@ def _latency_figures(samples: list[float]) -> dict[str, float]:
 
 async def latency_floor(admin: Redis, url: str, n: int) -> dict[str, float]:
     samples: list[float] = []
+    handled = anyio.Event()
     producer = Redis.from_url(url)
     consumer = Redis.from_url(url)
     try:
         async with anyio.create_task_group() as tg:
 
             async def consume() -> None:
+                nonlocal handled
                 while True:
                     reply: Any = await consumer.blpop([LATENCY_LIST], timeout=0)
                     body = json.loads(reply[1])
                     samples.append(time.perf_counter() - body["t0"])
+                    handled.set()
 
             tg.start_soon(consume)
             for i in range(n):
                 await _until_blocked(admin)
-                await producer.lpush(
-                    LATENCY_LIST, json.dumps({**payload(i), "t0": time.perf_counter()})
-                )
-            while len(samples) < n:
-                await _until_blocked(admin)
+                handled = anyio.Event()
+                body = json.dumps({**payload(i), "t0": time.perf_counter()})
+                await producer.lpush(LATENCY_LIST, body)
+                await handled.wait()  # no polling while the message is on its way
             tg.cancel_scope.cancel()
     finally:
         await producer.aclose()
@@ -82,6 +85,7 @@ async def latency_floor(admin: Redis, url: str, n: int) -> dict[str, float]:
 
 async def latency_ours(admin: Redis, url: str, n: int) -> dict[str, float]:
     samples: list[float] = []
+    handled = anyio.Event()
     async with backend(url, n) as b:
         coord = MessageCoordinator(b, agent_id=SENDER)
 
@@ -89,6 +93,7 @@ async def latency_ours(admin: Redis, url: str, n: int) -> dict[str, float]:
             now = time.perf_counter()
             body: Any = delivery.message.payload
             samples.append(now - float(body["t0"]))
+            handled.set()
 
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
@@ -104,7 +109,9 @@ async def latency_ours(admin: Redis, url: str, n: int) -> dict[str, float]:
             )
             for i in range(n):
                 await _until_blocked(admin)
+                handled = anyio.Event()
                 await coord.send(QUEUE, {**payload(i), "t0": time.perf_counter()})
+                await handled.wait()  # no polling while the message is on its way
             while len(samples) < n or (await b.queue.stats(QUEUE)).live:
                 await _until_blocked(admin)
             stop.set()
