@@ -315,6 +315,9 @@ _THROUGHPUT = [
 ]
 
 
+_COLOURS = {"floor": "tab:gray", "ours": "tab:blue", "peer": "tab:orange"}
+
+
 def chart(results: Results, meta: dict[str, Any], path: Path) -> str:
     """Bar charts of the throughputs (median, min-max error bars); returns what was done."""
     try:
@@ -335,6 +338,8 @@ def chart(results: Results, meta: dict[str, Any], path: Path) -> str:
                 entries += [("peer.bullmq", "drain_c50"), ("peer.bullmq", "drain_c1")]
             if peer_metric == "enqueue" and "bullmq" in peers:
                 entries += [("peer.bullmq", "add")]
+        elif "bullmq" in peers:
+            entries += [("peer.bullmq", "add_bulk")]
         for name, metric in entries:
             summary = results.get(name, {}).get(metric)
             if summary is None:
@@ -347,6 +352,7 @@ def chart(results: Results, meta: dict[str, Any], path: Path) -> str:
             values,
             yerr=list(zip(*errors, strict=True)) if errors else None,
             capsize=3,
+            color=[_COLOURS[label.split(".")[0]] for label in labels],
         )
         ax.set_xticks(range(len(values)), labels, rotation=60, ha="right", fontsize=7)
         ax.set_title(title)
