@@ -51,6 +51,8 @@ def test_readme_python_blocks_run(tmp_path: Path) -> None:
     for block in blocks:
         done = run_python(block, tmp_path)
         assert done.returncode == 0, done.stderr
+        if block.split("\n", 1)[0].endswith(".py"):  # "# app/tasks.py": a module, run for errors
+            continue  # (tests/backends/redis/test_readme_operate.py runs it under a worker)
         assert "a world around a lighthouse" in done.stdout
 
 

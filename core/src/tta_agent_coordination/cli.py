@@ -46,6 +46,7 @@ from .errors import (
     PluginLoadWarning,
     ValidationError,
 )
+from .metrics import NOOP_METRICS, MetricsSink
 from .models import (
     AgentId,
     AgentInfo,
@@ -55,7 +56,6 @@ from .models import (
     MessageType,
     QueueStats,
 )
-from .metrics import NOOP_METRICS, MetricsSink
 from .plugins import connect, plugin_registry
 from .protocols import Backend
 from .worker import (
