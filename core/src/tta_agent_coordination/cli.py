@@ -772,6 +772,12 @@ def worker(
             help="Serve Prometheus metrics on http://0.0.0.0:PORT/metrics ([prometheus] extra).",
         ),
     ] = None,
+    metrics_interval: Annotated[
+        float,
+        typer.Option(
+            min=0.1, help="Seconds between reads of queue depths and breakers for /metrics."
+        ),
+    ] = 15.0,
 ) -> None:
     """Run an agent: register it, heartbeat, serve its queue and its type's shared queue."""
     endpoint = None if metrics_port is None else _metrics_endpoint()
@@ -797,7 +803,9 @@ def worker(
                 metrics: MetricsSink = NOOP_METRICS
                 if endpoint is not None and metrics_port is not None:
                     try:
-                        served = await stack.enter_async_context(endpoint(backend, metrics_port))
+                        served = await stack.enter_async_context(
+                            endpoint(backend, metrics_port, interval=metrics_interval)
+                        )
                     except OSError as error:  # the port is taken: one line
                         raise _CommandError(str(error)) from error
                     metrics = served.metrics
@@ -828,7 +836,7 @@ def worker(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _metrics_endpoint() -> Callable[[Backend, int], AbstractAsyncContextManager[Any]]:
+def _metrics_endpoint() -> Callable[..., AbstractAsyncContextManager[Any]]:
     """The Prometheus contrib's ``metrics_endpoint``, imported only when ``--metrics-port`` asks."""
     try:
         from tta_agent_coordination_prometheus import (  # noqa: PLC0415  # an optional extra

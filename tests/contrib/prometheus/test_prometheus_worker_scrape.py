@@ -107,6 +107,8 @@ class WorkerProcess:
             str(directory),
             "--metrics-port",
             "0",
+            "--metrics-interval",
+            "0.5",
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with self.log.open("wb") as log:
@@ -255,7 +257,8 @@ async def test_the_collector_reports_the_dead_letters_after_a_refresh(
         ),
     )
     seen = settled.get("tta_collector_refreshes_total")
-    # the worker refreshes every 15 s: wait for a read made after everything settled
+    # the worker refreshes every 0.5 s (--metrics-interval): wait for a read made after
+    # everything settled
     after = await scrape_until(url, lambda got: got.get("tta_collector_refreshes_total") > seen)
     inst = _labels(AGENT)
     assert after.get("tta_queue_depth", state="dead", **inst) == FAIL
