@@ -96,3 +96,12 @@ def test_the_core_readme_shows_the_same_quick_start() -> None:
     assert python
     assert python == [code for language, code in BLOCK.findall(readme) if language == "python"]
     assert "](" not in core.replace("](https://", "")  # no relative link: PyPI cannot follow it
+
+
+@pytest.mark.parametrize(
+    "readme", ["core", "backends/redis", "contrib/prometheus", "contrib/opentelemetry"]
+)
+def test_every_distribution_readme_has_only_absolute_links(readme: str) -> None:
+    """Each README is a PyPI page: a relative link there leads nowhere."""
+    text = (ROOT / readme / "README.md").read_text()
+    assert "](" not in text.replace("](https://", "")
