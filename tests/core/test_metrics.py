@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import pytest
+
 from tta_agent_coordination.metrics import (
+    DURATION_BUCKETS,
     MESSAGES_SENT,
     NOOP_METRICS,
+    OTHER_LABEL,
     MetricsSink,
     NoopMetrics,
     RecordingMetrics,
+    queue_labels,
 )
 
 
@@ -43,3 +48,25 @@ def test_recording_metrics_keeps_observations_and_gauges() -> None:
     assert sink.values("duration", outcome="ok") == [0.5]
     assert sink.values("missing") == []
     assert sink.gauges[("depth", (("queue", "a"),))] == 4
+
+
+@pytest.mark.parametrize(
+    ("queue", "bounded", "full"),
+    [
+        ("world", ("world", "world"), ("world", "world")),
+        ("world:w-1", ("world:*", "world"), ("world:w-1", "world")),
+        ("tta.reply:ab12", ("tta.reply:*", "tta.reply"), ("tta.reply:ab12", "tta.reply")),
+    ],
+)
+def test_queue_labels_are_bounded_by_type_unless_instances_are_asked_for(
+    queue: str, bounded: tuple[str, str], full: tuple[str, str]
+) -> None:
+    assert queue_labels(queue) == bounded
+    assert queue_labels(queue, instance_labels=True) == full
+
+
+def test_duration_buckets_rise_from_milliseconds_to_minutes() -> None:
+    assert list(DURATION_BUCKETS) == sorted(set(DURATION_BUCKETS))
+    assert DURATION_BUCKETS[0] == 0.005
+    assert DURATION_BUCKETS[-1] == 300.0
+    assert OTHER_LABEL == "_other_"

@@ -19,9 +19,11 @@ __all__ = [
     "DELIVERIES_NACKED",
     "DELIVERIES_RELEASED",
     "DELIVERIES_RESERVED",
+    "DURATION_BUCKETS",
     "HANDLER_DURATION",
     "MESSAGES_SENT",
     "NOOP_METRICS",
+    "OTHER_LABEL",
     "QUEUE_DEPTH",
     "REGISTRY_EVENTS",
     "REQUEST_DURATION",
@@ -30,6 +32,7 @@ __all__ = [
     "MetricsSink",
     "NoopMetrics",
     "RecordingMetrics",
+    "queue_labels",
 ]
 
 Labels = Mapping[str, str]
@@ -48,6 +51,44 @@ REGISTRY_EVENTS: Final = "tta_registry_events"  # labels: kind, agent_type
 HANDLER_DURATION: Final = "tta_handler_duration_seconds"  # histogram; labels: queue, outcome
 REQUEST_DURATION: Final = "tta_request_duration_seconds"  # histogram; labels: outcome
 QUEUE_DEPTH: Final = "tta_queue_depth"  # gauge; labels: queue, state
+
+#: Histogram bounds in seconds for handler and request durations, for sinks that bucket them:
+#: from 5 ms to 5 minutes, since agent handlers (model calls, tool runs) often take seconds to
+#: minutes, past the usual default top bucket of 10 s.
+DURATION_BUCKETS: Final[tuple[float, ...]] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
+
+#: The label value a sink reports in place of every value past its cap on a label's values.
+OTHER_LABEL: Final = "_other_"
+
+
+def queue_labels(queue: str, *, instance_labels: bool = False) -> tuple[str, str]:
+    """Bounded ``(queue, agent_type)`` label values for a queue name (``str(AgentId)``).
+
+    Per-instance queues (and per-request reply queues) would make one series each, so a sink
+    labels them by type: ``"world:w-1"`` gives ``("world:*", "world")``, the shared queue
+    ``"world"`` gives ``("world", "world")``. With ``instance_labels`` the queue keeps its full
+    name (for small, fixed fleets).
+    """
+    agent_type, sep, _ = queue.partition(":")
+    if instance_labels or not sep:
+        return queue, agent_type
+    return f"{agent_type}:*", agent_type
 
 
 @runtime_checkable

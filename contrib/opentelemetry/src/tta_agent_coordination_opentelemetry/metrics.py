@@ -44,13 +44,16 @@ from tta_agent_coordination.metrics import (
     DELIVERIES_NACKED,
     DELIVERIES_RELEASED,
     DELIVERIES_RESERVED,
+    DURATION_BUCKETS,
     HANDLER_DURATION,
     MESSAGES_SENT,
+    OTHER_LABEL,
     QUEUE_DEPTH,
     REGISTRY_EVENTS,
     REQUEST_DURATION,
     RESPONSES_LATE,
     Labels,
+    queue_labels,
 )
 
 from ._version import __version__
@@ -72,29 +75,13 @@ logger = logging.getLogger("tta_agent_coordination.opentelemetry")
 
 Kind = Literal["counter", "histogram", "gauge"]
 
-#: Histogram bucket bounds (seconds), passed as the instruments' advice: from 5 ms to
-#: 5 minutes, since agent handlers (model calls, tool runs) often take seconds to minutes (the
-#: SDK's default bounds are made for milliseconds). A view configured in the SDK wins.
-DEFAULT_BUCKETS: Final[tuple[float, ...]] = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-)
+#: Histogram bucket bounds (seconds), passed as the instruments' advice: the core's
+#: :data:`~tta_agent_coordination.metrics.DURATION_BUCKETS`, 5 ms to 5 minutes (the SDK's
+#: default bounds are made for milliseconds). A view configured in the SDK wins.
+DEFAULT_BUCKETS: Final[tuple[float, ...]] = DURATION_BUCKETS
 
 #: The attribute value that stands for every value past an attribute's ``max_label_values``.
-OTHER: Final = "_other_"
+OTHER: Final = OTHER_LABEL
 
 #: OpenTelemetry's instrument-name syntax.
 _NAME: Final = re.compile(r"[A-Za-z][A-Za-z0-9_./-]{0,254}")
@@ -180,16 +167,8 @@ INSTRUMENTS: Final[Mapping[str, InstrumentSpec]] = {
 }
 
 
-def queue_attributes(queue: str, *, instance_labels: bool = False) -> tuple[str, str]:
-    """``(queue, agent_type)`` attribute values for a queue name (``str(AgentId)``).
-
-    ``"world:w-1"`` gives ``("world:*", "world")``, ``"world"`` gives ``("world", "world")``;
-    with ``instance_labels`` the queue keeps its full name.
-    """
-    agent_type, sep, _ = queue.partition(":")
-    if instance_labels or not sep:
-        return queue, agent_type
-    return f"{agent_type}:*", agent_type
+#: ``(queue, agent_type)`` attribute values for a queue name: the core's bounded labels.
+queue_attributes = queue_labels
 
 
 def _derived(name: str, kind: Kind) -> InstrumentSpec:

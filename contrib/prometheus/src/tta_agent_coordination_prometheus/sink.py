@@ -37,12 +37,15 @@ from tta_agent_coordination.metrics import (
     DELIVERIES_NACKED,
     DELIVERIES_RELEASED,
     DELIVERIES_RESERVED,
+    DURATION_BUCKETS,
     HANDLER_DURATION,
     MESSAGES_SENT,
+    OTHER_LABEL,
     REGISTRY_EVENTS,
     REQUEST_DURATION,
     RESPONSES_LATE,
     Labels,
+    queue_labels,
 )
 from tta_agent_coordination.worker import WORKER_HANDLERS_RUNNING
 
@@ -60,29 +63,12 @@ logger = logging.getLogger(__name__)
 
 Kind = Literal["counter", "histogram", "gauge"]
 
-#: Histogram buckets (seconds): from 5 ms to 5 minutes, since agent handlers (model calls, tool
-#: runs) often take seconds to minutes, past prometheus_client's default top bucket of 10 s.
-DEFAULT_BUCKETS: Final[tuple[float, ...]] = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-    math.inf,
-)
+#: Histogram buckets (seconds): the core's :data:`~tta_agent_coordination.metrics.DURATION_BUCKETS`
+#: (5 ms to 5 minutes) and ``+Inf``.
+DEFAULT_BUCKETS: Final[tuple[float, ...]] = (*DURATION_BUCKETS, math.inf)
 
 #: The label value that stands for every value past a label's ``max_label_values``.
-OTHER: Final = "_other_"
+OTHER: Final = OTHER_LABEL
 
 #: The counter of reports the sink dropped (exposed as ``tta_metrics_sink_errors_total``).
 SINK_ERRORS: Final = "tta_metrics_sink_errors"
@@ -149,16 +135,8 @@ METRICS: Final[Mapping[str, MetricSpec]] = {
 }
 
 
-def queue_label(queue: str, *, instance_labels: bool = False) -> tuple[str, str]:
-    """``(queue, agent_type)`` label values for a queue name (``str(AgentId)``).
-
-    ``"world:w-1"`` gives ``("world:*", "world")``, ``"world"`` gives ``("world", "world")``;
-    with ``instance_labels`` the queue keeps its full name.
-    """
-    agent_type, sep, _ = queue.partition(":")
-    if instance_labels or not sep:
-        return queue, agent_type
-    return f"{agent_type}:*", agent_type
+#: ``(queue, agent_type)`` label values for a queue name: the core's bounded labels.
+queue_label = queue_labels
 
 
 @dataclass
