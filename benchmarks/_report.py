@@ -286,6 +286,48 @@ def markdown_table(meta: dict[str, Any], results: Results, rows: list[Target]) -
     return "\n".join(lines)
 
 
+def publish(page: Path, markdown: str, meta: dict[str, Any], out: Path) -> None:
+    """Put the run into ``page`` between its ``<!-- latest-run -->`` markers.
+
+    The figures go in as the table ``markdown_table`` made, headed by the command, the machine
+    and the placement, with links to the JSON and the chart in ``out`` (next to the page).
+    """
+    start, end = "<!-- latest-run -->", "<!-- /latest-run -->"
+    text = page.read_text()
+    if text.count(start) != 1 or text.count(end) != 1:
+        msg = f"{page} needs one {start} ... {end} block"
+        raise ValueError(msg)
+    folder = out.relative_to(page.parent).as_posix()
+    load = ", ".join(f"{x:.2f}" for x in meta["load_average_start"])
+    load_end = ", ".join(f"{x:.2f}" for x in meta["load_average_end"])
+    peers = "".join(
+        f"- peer {name}: n={about['n']}, "
+        + ", ".join(f"{k} {v}" for k, v in about["versions"].items())
+        + "\n"
+        for name, about in meta.get("peers", {}).items()
+        if "versions" in about
+    )
+    block = (
+        f"{start}\n"
+        f"Run on {meta['started']} with `{meta['command']}`:\n\n"
+        f"- machine: {meta['cpu']}, {meta['cores']} cores, {meta['kernel']}; load average"
+        f" {load} at the start, {load_end} at the end\n"
+        f"- python {meta['python']}, redis-py {meta['redis_py']} (hiredis: {meta['hiredis']}),"
+        f" redis-server {meta['redis_server']}\n"
+        f"- {meta['placement']}\n"
+        f"- n={meta['n']} messages of {meta['payload_bytes']} bytes of JSON payload, median of"
+        f" {meta['reps']} runs [min-max]\n"
+        f"{peers}\n"
+        f"{markdown}\n"
+        f"The raw figures: [{folder}/results.json]({folder}/results.json).\n\n"
+        f"![throughput: floors in grey, ours in blue, peers in orange]({folder}/results.png)\n"
+        f"{end}"
+    )
+    before, rest = text.split(start, 1)
+    after = rest.split(end, 1)[1]
+    page.write_text(before + block + after)
+
+
 _THROUGHPUT = [
     (
         "enqueue, one at a time",

@@ -5,7 +5,9 @@ the peers) to the other, then for each measurement: one warm-up run, then ``--re
 runs, each after ``FLUSHALL``. Prints the placement, a table of medians with the min-max
 spread, the targets of issue 9 with their ratio and PASS or MISS, and writes
 ``results.json`` (every raw figure), ``results.md`` (the table) and ``results.png`` (chart,
-when matplotlib is installed: ``pip install -r benchmarks/requirements.txt``).
+when matplotlib is installed: ``pip install -r benchmarks/requirements.txt``). ``--publish``
+puts the JSON and the chart in ``docs/performance/`` and the table, with the command, the
+machine and the placement, into ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ from redis.utils import HIREDIS_AVAILABLE
 
 from . import _peers, floors, hotpaths, ours
 from ._measure import PAYLOAD_BYTES, RoundTrips, Summary, summarise
-from ._report import chart, markdown_table, print_table, targets
+from ._report import chart, markdown_table, print_table, publish, targets
 from ._server import RedisServer, pin_client, plan_placement, private_redis
 
 Fn = Callable[[Redis, str, int], Awaitable[dict[str, float]]]
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent
+DOCS = HERE.parent / "docs"
 
 
 @dataclass
@@ -177,6 +180,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where results go")
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
     parser.add_argument("--no-pin", action="store_true", help="do not pin Redis and the client")
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="write the JSON and chart to docs/performance/ and the table into docs/performance.md",
+    )
     return parser.parse_args(argv)
 
 
@@ -218,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         meta["load_average_end"] = os.getloadavg()
     rows = targets(results)
     print_table(meta, results, rows)
+    if args.publish:
+        args.out = DOCS / "performance"
     args.out.mkdir(parents=True, exist_ok=True)
     raw = {
         "meta": meta,
@@ -228,8 +238,13 @@ def main(argv: list[str] | None = None) -> int:
         "targets": [vars(row) for row in rows],
     }
     (args.out / "results.json").write_text(json.dumps(raw, indent=2) + "\n")
-    (args.out / "results.md").write_text(markdown_table(meta, results, rows))
-    print(f"raw figures: {args.out / 'results.json'}; table: {args.out / 'results.md'}")
+    table = markdown_table(meta, results, rows)
+    if args.publish:
+        publish(DOCS / "performance.md", table, meta, args.out)
+        print(f"published: {DOCS / 'performance.md'}, {args.out / 'results.json'}")
+    else:
+        (args.out / "results.md").write_text(table)
+        print(f"raw figures: {args.out / 'results.json'}; table: {args.out / 'results.md'}")
     if not args.no_chart:
         print(chart(results, meta, args.out / "results.png"))
     return 0

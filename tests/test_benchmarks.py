@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from benchmarks._measure import Summary
+from benchmarks._report import markdown_table, publish, targets
 
 ROOT = Path(__file__).resolve().parent.parent
 MEASUREMENTS = [
@@ -74,3 +76,23 @@ def test_writes_raw_figures(run: tuple[str, Path]) -> None:
     assert single["enqueue"]["low"] <= single["enqueue"]["median"] <= single["enqueue"]["high"]
     assert raw["meta"]["redis_server"]
     assert "| ours.single | enqueue |" in (out / "results.md").read_text()
+
+
+def test_publish_replaces_the_latest_run_block(run: tuple[str, Path], tmp_path: Path) -> None:
+    _, out = run
+    raw = json.loads((out / "results.json").read_text())
+    results = {
+        name: {key: Summary(**figures) for key, figures in metrics.items()}
+        for name, metrics in raw["results"].items()
+    }
+    page = tmp_path / "performance.md"
+    page.write_text("# P\n\nbefore\n<!-- latest-run -->\nold\n<!-- /latest-run -->\nafter\n")
+    folder = tmp_path / "performance"
+    publish(page, markdown_table(raw["meta"], results, targets(results)), raw["meta"], folder)
+    text = page.read_text()
+    assert "old" not in text
+    assert text.startswith("# P\n\nbefore\n<!-- latest-run -->\nRun on ")
+    assert text.endswith("<!-- /latest-run -->\nafter\n")
+    assert "| ours.single | enqueue |" in text
+    assert "(performance/results.png)" in text
+    assert raw["meta"]["placement"] in text
