@@ -26,6 +26,7 @@ _UNITS = {
     "drain_c1": "msg/s",
     "round_trips": "RT/msg",
     "commands": "cmd/msg",
+    "idle_cmds_per_s": "cmd/s",
     "ratio": "x",
 }
 
@@ -83,7 +84,7 @@ def _peers(results: Results) -> dict[str, dict[str, Summary]]:
     return {k.removeprefix("peer."): v for k, v in results.items() if k.startswith("peer.")}
 
 
-def targets(results: Results) -> list[Target]:  # noqa: PLR0912  # one branch per target
+def targets(results: Results) -> list[Target]:  # noqa: PLR0912, PLR0915  # one branch per target
     rows = [
         _ratio(
             results,
@@ -198,6 +199,20 @@ def targets(results: Results) -> list[Target]:  # noqa: PLR0912  # one branch pe
         )
     else:
         rows.append(Target("latency p50 vs BLPOP floor", "not measured", "<= 1.5x", "n/a"))
+    idle = _get(results, "latency.ours", "idle_cmds_per_s")
+    if idle is not None:
+        rows.append(
+            Target(
+                "no fixed-interval polling: idle consumer",
+                f"{idle:.2f} commands/s",
+                "<= 1/s",
+                "PASS" if idle <= 1.0 else "MISS",
+            )
+        )
+    else:
+        rows.append(
+            Target("no fixed-interval polling: idle consumer", "not measured", "<= 1/s", "n/a")
+        )
     trips = _get(results, "breaker", "round_trips")
     overhead = _get(results, "breaker", "overhead_us")
     if trips is not None and overhead is not None:

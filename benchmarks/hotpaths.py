@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import time
 from typing import Any
 
@@ -34,7 +35,7 @@ from tta_agent_coordination.models import (
 from tta_agent_coordination.registry import AgentRegistry
 
 from . import memory_cycle
-from ._measure import RoundTrips, payload, percentile
+from ._measure import RoundTrips, command_calls, payload, percentile
 from .floors import BODY, READY, LuaFloor
 from .ours import QUEUE, SENDER, backend
 
@@ -96,6 +97,7 @@ async def latency_ours(admin: Redis, url: str, n: int) -> dict[str, float]:
             handled.set()
 
         stop = anyio.Event()
+        idle = math.nan
         async with anyio.create_task_group() as tg:
             await tg.start(
                 functools.partial(
@@ -114,8 +116,22 @@ async def latency_ours(admin: Redis, url: str, n: int) -> dict[str, float]:
                 await handled.wait()  # no polling while the message is on its way
             while len(samples) < n or (await b.queue.stats(QUEUE)).live:
                 await _until_blocked(admin)
+            idle = await _idle_commands(admin, 3.0 if n >= 500 else 0.5)
             stop.set()
-    return _latency_figures(samples)
+    return {**_latency_figures(samples), "idle_cmds_per_s": idle}
+
+
+async def _idle_commands(admin: Redis, seconds: float) -> float:
+    """Commands per second the server runs while the consumer waits with nothing to do.
+
+    A consumer that polled at a fixed interval would show here; a blocked ``BLPOP`` runs
+    nothing until its block ends (half the socket timeout). The two ``INFO`` calls that
+    bracket the window are left out.
+    """
+    await _until_blocked(admin)
+    before = await command_calls(admin)
+    await anyio.sleep(seconds)  # the idle window being observed, not a wait for a condition
+    return (await command_calls(admin) - before - 1) / seconds
 
 
 async def _nothing() -> None:
