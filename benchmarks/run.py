@@ -167,6 +167,14 @@ async def measure_all(
     return results
 
 
+def _command(given: list[str]) -> str:
+    """The command as the user typed it (``nox -s bench -- ...`` when nox ran it)."""
+    session = os.environ.get("NOX_CURRENT_SESSION")
+    if session:
+        return " ".join(["nox -s", session, *(["--", *given] if given else [])])
+    return " ".join(["python -m benchmarks", *given])
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=(__doc__ or "").split("\n")[0]
@@ -202,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         given = argv if argv is not None else sys.argv[1:]
         meta.update(
             {
-                "command": " ".join(["python -m benchmarks", *given]),
+                "command": _command(given),
                 "n": size.n,
                 "reps": size.reps,
                 "payload_bytes": PAYLOAD_BYTES,
