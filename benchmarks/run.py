@@ -1,13 +1,14 @@
 """The one command: ``python -m benchmarks [-n N] [--reps R] [--quick] [--peers] [--out DIR]``.
 
 Starts a private redis-server on a free loopback port pinned to one core, pins itself (and
-the peers) to the other, then for each measurement: one warm-up run, then ``--reps`` timed
-runs, each after ``FLUSHALL``. Prints the placement, a table of medians with the min-max
-spread, the targets of issue 9 with their ratio and PASS or MISS, and writes
-``results.json`` (every raw figure), ``results.md`` (the table) and ``results.png`` (chart,
-when matplotlib is installed: ``pip install -r benchmarks/requirements.txt``). ``--publish``
-puts the JSON and the chart in ``docs/performance/`` and the table, with the command, the
-machine and the placement, into ``docs/performance.md``.
+the peers) to the other, then warms every measurement up once and runs them all in ``--reps``
+rounds (each run after ``FLUSHALL``; rounds put the floors and ours under the same load).
+Prints the placement, a table of medians with the min-max spread, the targets of issue 9
+with their ratio and PASS or MISS, and writes ``results.json`` (every raw figure),
+``results.md`` (the table) and ``results.png`` (the chart, when matplotlib is installed:
+``pip install -r benchmarks/requirements.txt``). ``--publish`` puts the JSON and the chart
+in ``docs/performance/`` and the table, with the command, the machine and the placement,
+into ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -134,16 +135,6 @@ def machine(server: RedisServer, placement_text: str) -> dict[str, Any]:
     }
 
 
-async def _run_spec(admin: Redis, url: str, spec: Spec, reps: int) -> list[dict[str, float]]:
-    await admin.flushall()
-    await spec.fn(admin, url, spec.warmup)  # warm-up: connections, scripts, caches
-    runs: list[dict[str, float]] = []
-    for _ in range(reps):
-        await admin.flushall()
-        runs.append(await spec.fn(admin, url, spec.n))
-    return runs
-
-
 def _collect(runs: list[dict[str, float]]) -> dict[str, Summary]:
     return {key: summarise(run[key] for run in runs) for key in runs[0]}
 
@@ -151,20 +142,35 @@ def _collect(runs: list[dict[str, float]]) -> dict[str, Summary]:
 async def measure_all(
     server: RedisServer, size: Sizes, only: set[str] | None, log: Callable[[str], None]
 ) -> dict[str, dict[str, Summary]]:
+    """Warm every measurement up once, then run them all in rounds, ``reps`` rounds.
+
+    Rounds, not one measurement's repetitions back to back: on a shared machine the load moves
+    during a run, and interleaving puts the floor's and our repetitions under the same load, so
+    the ratios of medians compare like with like.
+    """
     RoundTrips.install()
     admin = Redis.from_url(server.url)
-    results: dict[str, dict[str, Summary]] = {}
+    chosen = [
+        spec
+        for spec in specs(size)
+        if not only or any(spec.name.startswith(prefix) for prefix in only)
+    ]
+    runs: dict[str, list[dict[str, float]]] = {spec.name: [] for spec in chosen}
     try:
-        for spec in specs(size):
-            if only and not any(spec.name.startswith(prefix) for prefix in only):
-                continue
-            log(f"  {spec.name} (n={spec.n}, {size.reps} runs)")
-            started = time.perf_counter()
-            results[spec.name] = _collect(await _run_spec(admin, server.url, spec, size.reps))
-            log(f"    {time.perf_counter() - started:.1f} s")
+        log("  warm-up")
+        for spec in chosen:
+            await admin.flushall()
+            await spec.fn(admin, server.url, spec.warmup)  # connections, scripts, caches
+        for round_ in range(1, size.reps + 1):
+            for spec in chosen:
+                log(f"  round {round_}/{size.reps}: {spec.name} (n={spec.n})")
+                started = time.perf_counter()
+                await admin.flushall()
+                runs[spec.name].append(await spec.fn(admin, server.url, spec.n))
+                log(f"    {time.perf_counter() - started:.1f} s")
     finally:
         await admin.aclose()
-    return results
+    return {name: _collect(figures) for name, figures in runs.items()}
 
 
 def _command(given: list[str]) -> str:
