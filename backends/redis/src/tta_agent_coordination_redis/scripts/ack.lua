@@ -10,19 +10,45 @@ if not exists() then
   return out
 end
 local now = now_ms()
+-- The writes of every current receipt are gathered and sent as one variadic command per
+-- structure after the loop. An entry acked earlier in the same batch still looks current to a
+-- repeat of its receipt (answered 1, as a repeated ack is) and, to any other receipt of it,
+-- stale (answered 0, as before).
+local acked, settled, tokens, expiring = {}, {}, {}, {}
 for i = 1, n do
   local token, id = ARGV[7 + 2 * i], ARGV[8 + 2 * i]
   local m = current(token, id, now)
   if m then
-    unlink(id, m)
-    forget(id)
-    settle(id, token, now)
-    release_dedup(id, m, now)
+    if not tokens[id] then
+      tokens[id] = token
+      acked[#acked + 1] = id
+      settled[#settled + 1] = n2s(now + RETENTION)
+      settled[#settled + 1] = id
+      if m.x then
+        expiring[#expiring + 1] = id
+      end
+      release_dedup(id, m, now)
+    end
     out[i] = 1
   elseif redis.call('ZSCORE', K_SETTLED, id) and redis.call('HGET', K_ACKS, id) == token then
     out[i] = 1
   else
     out[i] = 0
   end
+end
+if #acked > 0 then
+  redis.call('ZREM', K_RESERVED, unpack(acked))
+  if #expiring > 0 then
+    redis.call('ZREM', K_EXPIRY, unpack(expiring))
+  end
+  redis.call('HDEL', K_META, unpack(acked))
+  redis.call('HDEL', K_BODY, unpack(acked))
+  redis.call('ZADD', K_SETTLED, unpack(settled))
+  local pairs_ = {}
+  for _, id in ipairs(acked) do
+    pairs_[#pairs_ + 1] = id
+    pairs_[#pairs_ + 1] = tokens[id]
+  end
+  redis.call('HSET', K_ACKS, unpack(pairs_))
 end
 return out

@@ -42,18 +42,52 @@ if #fresh > 0 and live_count() + #fresh > MAX_LEN then
 end
 local created = create()
 touch(now)
-for _, b in ipairs(fresh) do
-  local id, key, ttl = ARGV[b], ARGV[b + 4], tonumber(ARGV[b + 6])
-  local m = {p = tonumber(ARGV[b + 2]), a = 1, m = tonumber(ARGV[b + 5])}
-  if ttl >= 0 then
-    m.ttl = ttl
+if #fresh > 0 then
+  -- The new entries' writes go out as one variadic command per structure (what admit() and
+  -- push_due() do for one entry, for the whole batch): sequence numbers are taken in one step.
+  local first = redis.call('HINCRBY', K_INFO, 'seq', #fresh) - #fresh
+  local bodies, metas, ready, delayed, expiry, dedup = {}, {}, {}, {}, {}, {}
+  local function push(list, a, b)
+    list[#list + 1] = a
+    list[#list + 1] = b
   end
-  if key ~= '' then
-    m.k = key
-    redis.call('HSET', K_DEDUP, key, id)
+  for k, b in ipairs(fresh) do
+    local id, key, ttl = ARGV[b], ARGV[b + 4], tonumber(ARGV[b + 6])
+    local m = {p = tonumber(ARGV[b + 2]), a = 1, m = tonumber(ARGV[b + 5]), q = first + k, e = now}
+    if ttl >= 0 then
+      m.ttl = ttl
+      m.x = now + ttl
+      push(expiry, n2s(m.x), id)
+    end
+    if key ~= '' then
+      m.k = key
+      push(dedup, key, id)
+    end
+    push(bodies, id, ARGV[b + 1])
+    local due = now + tonumber(ARGV[b + 3])
+    if due > now then
+      m.s = 'd'
+      push(delayed, n2s(due), id)
+    else
+      m.s = 'r'
+      push(ready, n2s((9 - m.p) * BAND + due), ready_member(id, m))
+    end
+    push(metas, id, cjson.encode(m))
   end
-  redis.call('HSET', K_BODY, id, ARGV[b + 1])
-  admit(id, m, now, tonumber(ARGV[b + 3]))
+  if #dedup > 0 then
+    redis.call('HSET', K_DEDUP, unpack(dedup))
+  end
+  redis.call('HSET', K_BODY, unpack(bodies))
+  if #expiry > 0 then
+    redis.call('ZADD', K_EXPIRY, unpack(expiry))
+  end
+  if #ready > 0 then
+    redis.call('ZADD', K_READY, unpack(ready))
+  end
+  if #delayed > 0 then
+    redis.call('ZADD', K_DELAYED, unpack(delayed))
+  end
+  redis.call('HSET', K_META, unpack(metas))
 end
 if #fresh > 0 then
   wake()

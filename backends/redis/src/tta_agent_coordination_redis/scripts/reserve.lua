@@ -12,22 +12,38 @@ local deadline = now + tonumber(ARGV[8])
 local count = tonumber(ARGV[9])
 local members = redis.call('ZRANGE', K_READY, 0, count - 1)
 local out = {n2s(now), n2s(deadline), '-1'}
-for i, member in ipairs(members) do
-  local id = string.sub(member, 13)
-  local m = get_meta(id)
-  redis.call('ZREM', K_READY, member)
-  if m.x then
-    redis.call('ZREM', K_EXPIRY, id)
+if #members > 0 then
+  -- One variadic command per structure for the whole batch, not five per entry.
+  local ids = {}
+  for i, member in ipairs(members) do
+    ids[i] = string.sub(member, 13)
   end
-  m.s = 'v'
-  m.t = ARGV[9 + i]
-  m.dl = deadline
-  local raw = cjson.encode(m)
-  redis.call('HSET', K_META, id, raw)
-  redis.call('ZADD', K_RESERVED, n2s(deadline), id)
-  out[#out + 1] = id
-  out[#out + 1] = redis.call('HGET', K_BODY, id)
-  out[#out + 1] = raw
+  local metas = redis.call('HMGET', K_META, unpack(ids))
+  local bodies = redis.call('HMGET', K_BODY, unpack(ids))
+  redis.call('ZREM', K_READY, unpack(members))
+  local fields, scores, expiring = {}, {}, {}
+  for i, id in ipairs(ids) do
+    local m = cjson.decode(metas[i])
+    if m.x then
+      expiring[#expiring + 1] = id
+    end
+    m.s = 'v'
+    m.t = ARGV[9 + i]
+    m.dl = deadline
+    local raw = cjson.encode(m)
+    fields[#fields + 1] = id
+    fields[#fields + 1] = raw
+    scores[#scores + 1] = n2s(deadline)
+    scores[#scores + 1] = id
+    out[#out + 1] = id
+    out[#out + 1] = bodies[i]
+    out[#out + 1] = raw
+  end
+  if #expiring > 0 then
+    redis.call('ZREM', K_EXPIRY, unpack(expiring))
+  end
+  redis.call('HSET', K_META, unpack(fields))
+  redis.call('ZADD', K_RESERVED, unpack(scores))
 end
 if redis.call('ZCARD', K_READY) > 0 then
   wake()  -- more is ready: pass the wake-up on to the next waiting consumer
