@@ -1,8 +1,10 @@
-"""The scripts' lean path: packed here, sent on a pooled connection, same bytes as redis-py.
+"""The scripts' lean path (packed here, same bytes as redis-py) and their batched writes.
 
 ``_scripts`` packs ``EVALSHA`` calls itself (keys and leading arguments of a queue packed once)
 and sends them on a connection from the client's pool; a client whose ``execute_command`` is
-not redis-py's own (a subclass, instrumentation) keeps going through it.
+not redis-py's own (a subclass, instrumentation) keeps going through it. The batch scripts write
+with one variadic command per structure; a batch answers as the receipts one by one would (the
+batch test passes on the per-entry scripts too).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 
 from redis_helpers import REDIS_URL
-from tta_agent_coordination.models import AgentId, AgentMessage
+from tta_agent_coordination.models import AgentId, AgentMessage, EnqueueRequest
 from tta_agent_coordination.settings import BackendOptions
 from tta_agent_coordination_redis import RedisBackend, _scripts
 
@@ -29,6 +31,10 @@ QUEUE = AgentId("lean", "q1")
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def message(i: int) -> AgentMessage:
+    return AgentMessage(sender=QUEUE, recipient=QUEUE, payload={"i": i})
 
 
 def redis_py_bytes(*args: Any) -> bytes:
@@ -160,3 +166,34 @@ async def test_a_connection_with_an_unread_reply_is_disconnected(fail: BaseExcep
         await _scripts._send_packed(pool, b"cmd")  # type: ignore[arg-type]
     assert connection.disconnected
     assert pool.released == [connection]
+
+
+# -- batches: one variadic command per structure ------------------------------------------
+
+
+async def test_a_batch_acks_like_one_receipt_at_a_time(namespace: str) -> None:
+    client = Redis.from_url(REDIS_URL)
+    backend = RedisBackend(client, BackendOptions(namespace=namespace), owns_client=True)
+    async with backend:
+        store = backend.queue
+        try:
+            await store.enqueue_many(
+                [
+                    EnqueueRequest(message=message(i), delay=5 if i == 2 else None, dedup_key=key)
+                    for i, key in enumerate(["a", None, None, "a"])
+                ]
+            )
+            stats = await store.stats(QUEUE)
+            assert (stats.ready, stats.delayed) == (2, 1)  # the second "a" is the first's entry
+            old = await store.reserve(QUEUE, visibility_timeout=1, max_messages=10)
+            assert [d.message.payload for d in old] == [{"i": 0}, {"i": 1}]
+            await backend.clock.advance(2)  # the reservations expire
+            new = await store.reserve(QUEUE, visibility_timeout=30, max_messages=10)
+            assert [d.attempt for d in new] == [2, 2]
+            first, second = new
+            receipts = [first.receipt, first.receipt, old[0].receipt, second.receipt]
+            assert await store.ack_many(receipts) == [True, True, False, True]
+            assert await store.ack_many([first.receipt, old[1].receipt]) == [True, False]
+            assert (await store.stats(QUEUE)).live == 1  # the delayed one
+        finally:
+            await backend.drop_namespace()
