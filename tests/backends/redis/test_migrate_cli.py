@@ -154,3 +154,22 @@ def test_unreachable_target_is_exit_3(source: str) -> None:
     )
     assert result.exit_code == EXIT_UNREACHABLE, result.output
     assert result.stderr.startswith("tta-coord: error: the target: ")
+
+
+def test_into_a_memory_target(source: str) -> None:
+    """Any backend is a target: a named memory store lives while a backend holds it open."""
+    target = f"memory://migrated-{uuid.uuid4().hex[:8]}"
+    keeper = connect(target)  # holds the named store between the command's connections
+    try:
+        moved = report(
+            migrate("--source", REDIS_URL, "--prefix", source, "--target", target, "-y", "--json")
+        )
+        assert moved["total_moved"] == 5
+
+        async def dead() -> int:
+            async with connect(target) as backend:
+                return (await backend.queue.stats(AgentId(WB))).dead
+
+        assert anyio.run(dead) == 2
+    finally:
+        anyio.run(keeper.aclose)
