@@ -435,6 +435,89 @@ async def test_a_refusal_without_retry_after_says_zero(backend: Backend) -> None
     assert info.value.retry_after == 0.0
 
 
+@pytest.mark.anyio
+async def test_a_success_that_changes_nothing_is_not_recorded(backend: Backend) -> None:
+    store = WrappedStore(backend.breakers)
+    breaker = CircuitBreaker(store, "svc", CFG)
+    for _ in range(3):
+        assert await breaker.call(succeed) == 1
+    # Closed with no failures to forget: one store call per guarded call.
+    assert store.calls == ["acquire"] * 3
+    snapshot = await breaker.snapshot()
+    assert (snapshot.state, snapshot.failures) == (BreakerState.CLOSED, 0)
+    assert await backend.breakers.breakers() == ["svc"]
+
+
+@pytest.mark.anyio
+async def test_a_success_forgets_consecutive_failures(backend: Backend) -> None:
+    store = WrappedStore(backend.breakers)
+    breaker = CircuitBreaker(store, "svc", CFG)
+    with pytest.raises(ServiceError):
+        await breaker.call(fail)
+    store.calls.clear()
+    assert await breaker.call(succeed) == 1
+    assert store.calls == ["acquire", "record_success"]
+    assert (await breaker.snapshot()).failures == 0
+    store.calls.clear()
+    assert await breaker.call(succeed) == 1
+    assert store.calls == ["acquire"]
+    # The failure was forgotten: one more does not open it (the threshold is two).
+    with pytest.raises(ServiceError):
+        await breaker.call(fail)
+    assert await breaker.state() is BreakerState.CLOSED
+
+
+@pytest.mark.anyio
+async def test_a_success_in_a_sliding_window_is_never_recorded_while_closed(
+    backend: Backend,
+) -> None:
+    store = WrappedStore(backend.breakers)
+    config = CFG.model_copy(update={"window": 60.0})
+    breaker = CircuitBreaker(store, "svc", config)
+    with pytest.raises(ServiceError):
+        await breaker.call(fail)
+    store.calls.clear()
+    assert await breaker.call(succeed) == 1
+    assert store.calls == ["acquire"]
+    # A success forgets nothing in a window: the second failure within it opens the breaker.
+    with pytest.raises(ServiceError):
+        await breaker.call(fail)
+    assert await breaker.state() is BreakerState.OPEN
+
+
+@pytest.mark.anyio
+async def test_a_probe_success_is_always_recorded(backend: Backend) -> None:
+    store = WrappedStore(backend.breakers)
+    breaker = CircuitBreaker(store, "svc", CFG)
+    await to_half_open(backend, breaker)
+    store.calls.clear()
+    assert await breaker.call(succeed) == 1
+    assert store.calls == ["acquire", "record_success"]
+    assert await breaker.state() is BreakerState.CLOSED
+
+
+@pytest.mark.anyio
+async def test_a_quiet_success_does_not_clear_a_failure_recorded_while_it_ran(
+    backend: Backend,
+) -> None:
+    # The documented choice: the success takes effect when the call was let through (it
+    # changed nothing then); another process's failure recorded meanwhile stays counted.
+    breaker = CircuitBreaker(backend, "svc", CFG)
+    async with breaker:
+        await backend.breakers.record_failure("svc", CFG)
+    assert (await breaker.snapshot()).failures == 1
+
+
+@pytest.mark.anyio
+async def test_a_success_is_recorded_when_acquire_failed_open(backend: Backend) -> None:
+    store = WrappedStore(backend.breakers, fail={"acquire"})
+    breaker = CircuitBreaker(store, "svc", CFG)
+    await backend.breakers.record_failure("svc", CFG)
+    assert await breaker.call(succeed) == 1
+    assert store.calls == ["acquire", "record_success"]
+    assert (await breaker.snapshot()).failures == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # What counts as a failure
 # ---------------------------------------------------------------------------------------------
@@ -620,6 +703,8 @@ async def test_store_errors_while_recording_are_swallowed(policy: Any) -> None:
             on_store_error=policy,
             metrics=metrics,
         )
+        # A consecutive failure to forget, so that the success has something to record.
+        await backend.breakers.record_failure("svc", CFG)
         assert await breaker.call(succeed, 2) == 2
         with pytest.raises(ServiceError):
             await breaker.call(fail)
@@ -636,6 +721,7 @@ async def test_store_errors_while_recording_raise_when_asked() -> None:
             CFG,
             on_store_error="raise",
         )
+        await backend.breakers.record_failure("svc", CFG)
         with pytest.raises(BackendUnavailableError):
             await breaker.call(succeed)
         with pytest.raises(BackendError) as info:

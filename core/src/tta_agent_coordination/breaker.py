@@ -21,7 +21,13 @@ breaker object.
 
 Outcomes:
 
-* The block returns: a success is recorded.
+* The block returns: a success is recorded, unless it would change nothing in the store. A
+  success on a breaker that ``acquire`` found closed, with no probe permit, and with no
+  consecutive failures to forget (or with a sliding ``window``, where a success forgets
+  nothing) is not sent to the store at all: the guarded call then costs one store round trip
+  instead of two. A failure another process records while such a call runs is therefore not
+  cleared by its success; the success takes effect as of the moment the call was let through
+  (when it changed nothing), which is a moment inside the call, as every outcome's is.
 * It raises an :class:`Exception` that counts as a failure (not one of
   ``excluded_exceptions``, and ``is_failure(exc)`` true when given): a failure is recorded.
 * It raises an excluded exception: *neither* is recorded (the service answered, but the answer
@@ -105,13 +111,14 @@ class BreakerGuard:
         self.breaker = breaker
         self.permit: str | None = None
         self._entered = False
+        self._quiet = False  # a success would change nothing in the store: not recorded
 
     async def __aenter__(self) -> Self:
         if self._entered:
             msg = "a BreakerGuard guards one call; make another with breaker.guard()"
             raise RuntimeError(msg)
         self._entered = True
-        self.permit = await self.breaker._acquire()
+        self.permit, self._quiet = await self.breaker._acquire()
         return self
 
     async def __aexit__(
@@ -120,7 +127,7 @@ class BreakerGuard:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.breaker._settle(self.permit, exc)
+        await self.breaker._settle(self.permit, exc, quiet=self._quiet)
 
 
 def _check_excluded(excluded: object) -> tuple[type[BaseException], ...]:
@@ -401,7 +408,13 @@ class CircuitBreaker:
             except Exception:  # a faulty callback must not fail the guarded call
                 logger.exception("circuit breaker %r: on_transition failed", self._name)
 
-    async def _acquire(self) -> str | None:
+    async def _acquire(self) -> tuple[str | None, bool]:
+        """The permit granted, and whether a success of this call may go unrecorded.
+
+        A success is a no-op in the store when the breaker is closed, no permit was handed
+        out, and there are no consecutive failures to forget (``window=None`` with
+        ``failures == 0``, or a sliding window, where a success forgets nothing).
+        """
         try:
             decision = await self._store.acquire(self._name, self._config)
         except BackendError as exc:
@@ -410,16 +423,25 @@ class CircuitBreaker:
                 raise
             if self._on_store_error == "closed":
                 raise CircuitOpenError(self._name, 0.0) from exc
-            return None
-        self._seen(decision.snapshot, decision.transition)
+            return None, False
+        snapshot = decision.snapshot
+        self._seen(snapshot, decision.transition)
         if not decision.allowed:
-            retry_after = decision.snapshot.retry_after
+            retry_after = snapshot.retry_after
             raise CircuitOpenError(self._name, 0.0 if retry_after is None else retry_after)
-        return decision.permit
+        quiet = (
+            decision.permit is None
+            and snapshot.state is BreakerState.CLOSED
+            and (snapshot.failures == 0 or self._config.window is not None)
+        )
+        return decision.permit, quiet
 
-    async def _settle(self, permit: str | None, exc: BaseException | None) -> None:
+    async def _settle(
+        self, permit: str | None, exc: BaseException | None, *, quiet: bool = False
+    ) -> None:
         if exc is None:
-            await self._record("record_success", permit)
+            if not quiet:
+                await self._record("record_success", permit)
         elif self._counts_as_failure(exc):
             await self._record("record_failure", permit)
         elif permit is not None and isinstance(exc, Exception):

@@ -1,6 +1,7 @@
 """What the Redis breaker store promises beyond the contract.
 
-One round trip per operation; many racing clients never get more than
+One round trip per operation (and one per successful call through a closed
+``CircuitBreaker``); many racing clients never get more than
 ``half_open_max_calls`` permits and see each transition exactly once; keys under the
 namespace, its hash tag and the layout version, and gone after a drop.
 """
@@ -18,6 +19,7 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from redis_helpers import REDIS_URL
+from tta_agent_coordination.breaker import CircuitBreaker
 from tta_agent_coordination.models import (
     BreakerDecision,
     BreakerState,
@@ -140,6 +142,34 @@ async def test_every_operation_is_one_round_trip(backend: RedisBackend, name: st
             continue  # the test hook, not a store operation
         assert len(sent) == 1, f"{what} sent {sent}"
         assert sent[0] in {"EVALSHA", "SMEMBERS"}
+
+
+async def test_a_guarded_success_on_a_closed_breaker_is_one_round_trip(
+    backend: RedisBackend, name: str
+) -> None:
+    """Issue 9: a closed breaker adds one round trip (``acquire``) to a successful call."""
+    breaker = CircuitBreaker(backend, name, CONFIG)
+    await breaker.snapshot()  # the connect-time check and script loading
+
+    async def ok() -> int:
+        return 1
+
+    async def boom() -> None:
+        raise RuntimeError
+
+    with commands(backend) as sent:
+        for _ in range(3):
+            assert await breaker.call(ok) == 1
+    assert sent == ["EVALSHA"] * 3
+    with commands(backend) as sent, pytest.raises(RuntimeError):
+        await breaker.call(boom)
+    assert sent == ["EVALSHA"] * 2  # acquire, record_failure
+    with commands(backend) as sent:
+        assert await breaker.call(ok) == 1  # forgets the consecutive failure: recorded
+        assert await breaker.call(ok) == 1  # nothing left to forget: not recorded
+    assert sent == ["EVALSHA"] * 3
+    assert (await breaker.snapshot()).failures == 0
+    assert await backend.breakers.breakers() == [name]
 
 
 async def test_racing_clients_never_exceed_the_half_open_permits(

@@ -22,10 +22,10 @@ permit of an earlier period never counts. Two processes therefore always agree, 
 
 from __future__ import annotations
 
-import uuid
+import secrets
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from tta_agent_coordination._validation import require_name
 from tta_agent_coordination.models import (
@@ -42,12 +42,17 @@ if TYPE_CHECKING:
 
     from tta_agent_coordination.settings import BackendOptions
 
+    from ._scripts import Packed
     from .backend import Connection
 
 __all__ = ["RedisBreakerStore"]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _STATES: Final = {state.value: state for state in BreakerState}
+#: Breakers (name and configuration) whose keys and leading arguments are kept packed.
+_MAX_HEADS: Final = 256
+#: The configuration arguments of ``reset``, which needs none.
+_NO_CONFIG: Final = ["1", "", "1", "1", "1", "1"]
 
 #: A breaker script's answer: allowed, the permit granted, the snapshot, the transition.
 _Answer = tuple[bool, str | None, BreakerSnapshot, BreakerTransition | None]
@@ -78,10 +83,14 @@ def _config_args(config: CircuitBreakerConfig) -> list[int | str]:
 
 
 def _parse(name: str, reply: Sequence[bytes | str]) -> _Answer:
-    """(allowed, permit, snapshot, transition) from a breaker script's answer."""
+    """(allowed, permit, snapshot, transition) from a breaker script's answer.
+
+    The models are built without validation (``model_construct``): every field comes from
+    our own script in the types the models hold, and the name was validated before the call.
+    """
     allowed, permit, state, failures, successes, permits, opened, changed, retry_after = reply[:9]
     from_state, to_state, at = reply[9:12]
-    snapshot = BreakerSnapshot(
+    snapshot = BreakerSnapshot.model_construct(
         name=name,
         state=_STATES[_text(state)],
         failures=int(failures),
@@ -95,7 +104,7 @@ def _parse(name: str, reply: Sequence[bytes | str]) -> _Answer:
     if from_state:
         moved_at = _dt(at)
         assert moved_at is not None  # noqa: S101  # the scripts set it with every transition
-        transition = BreakerTransition(
+        transition = BreakerTransition.model_construct(
             name=name,
             from_state=_STATES[_text(from_state)],
             to_state=_STATES[_text(to_state)],
@@ -118,15 +127,32 @@ class RedisBreakerStore:
         keys = connection.keys
         self._names_key = keys.ns("breakers")
         self._prefix = keys.ns("breaker:")
+        # Per breaker name and configuration: the keys, the leading arguments (name and
+        # configuration) and both packed once (a bounded cache, oldest dropped first).
+        self._heads: dict[
+            tuple[str, CircuitBreakerConfig | None], tuple[list[str], list[Any], Packed]
+        ] = {}
+
+    def _head(
+        self, name: str, config: CircuitBreakerConfig | None
+    ) -> tuple[list[str], list[Any], Packed]:
+        head = self._heads.get((name, config))
+        if head is None:
+            require_name(name, "breaker name")
+            keys = [self._connection.keys.clock, self._prefix + name, self._names_key]
+            fixed: list[Any] = [name, *(_NO_CONFIG if config is None else _config_args(config))]
+            head = (keys, fixed, self._connection.pack(keys, fixed))
+            if len(self._heads) >= _MAX_HEADS:
+                del self._heads[next(iter(self._heads))]
+            self._heads[(name, config)] = head
+        return head
 
     async def _run(
         self, script: str, name: str, config: CircuitBreakerConfig | None, *args: str
     ) -> _Answer:
-        require_name(name, "breaker name")
-        config_args = _config_args(config) if config is not None else ["1", "", "1", "1", "1", "1"]
-        keys = [self._connection.keys.clock, self._prefix + name, self._names_key]
+        keys, fixed, packed = self._head(name, config)
         reply = await self._connection.run_script(
-            f"breaker_{script}", keys, [name, *config_args, *args]
+            f"breaker_{script}", keys, [*fixed, *args], packed=packed
         )
         return _parse(name, reply)
 
@@ -143,9 +169,9 @@ class RedisBreakerStore:
             ValidationError: An invalid breaker name.
         """
         allowed, permit, snapshot, transition = await self._run(
-            "acquire", name, config, uuid.uuid4().hex
+            "acquire", name, config, secrets.token_hex(16)
         )
-        return BreakerDecision(
+        return BreakerDecision.model_construct(
             allowed=allowed, permit=permit, snapshot=snapshot, transition=transition
         )
 
@@ -160,7 +186,7 @@ class RedisBreakerStore:
         _, _, snapshot, transition = await self._run(
             "record", name, config, "success", permit or ""
         )
-        return BreakerUpdate(snapshot=snapshot, transition=transition)
+        return BreakerUpdate.model_construct(snapshot=snapshot, transition=transition)
 
     async def record_failure(
         self, name: str, config: CircuitBreakerConfig, permit: str | None = None
@@ -173,7 +199,7 @@ class RedisBreakerStore:
         _, _, snapshot, transition = await self._run(
             "record", name, config, "failure", permit or ""
         )
-        return BreakerUpdate(snapshot=snapshot, transition=transition)
+        return BreakerUpdate.model_construct(snapshot=snapshot, transition=transition)
 
     async def snapshot(self, name: str, config: CircuitBreakerConfig) -> BreakerSnapshot:
         """The current state; closed with zeros for a name never used (not added to the index).
@@ -190,7 +216,7 @@ class RedisBreakerStore:
             ValidationError: An invalid breaker name.
         """
         _, _, snapshot, transition = await self._run("reset", name, None)
-        return BreakerUpdate(snapshot=snapshot, transition=transition)
+        return BreakerUpdate.model_construct(snapshot=snapshot, transition=transition)
 
     async def breakers(self) -> list[str]:
         """Every breaker name used in this namespace, from the index, sorted."""
