@@ -290,7 +290,7 @@ async def test_settling_errors_are_logged_not_raised(
     coord = MessageCoordinator(backend, metrics=metrics, retry_policy=NO_WAIT)
     done = anyio.Event()
 
-    async def broken(receipt: str, **kwargs: object) -> bool:
+    async def broken(receipt: object, **kwargs: object) -> bool:
         done.set()
         raise BackendUnavailableError("down")
 
@@ -299,7 +299,7 @@ async def test_settling_errors_are_logged_not_raised(
             raise ValueError("x")
 
     monkeypatch.setattr(backend.queue, "nack", broken)
-    monkeypatch.setattr(backend.queue, "ack", broken)
+    monkeypatch.setattr(backend.queue, "ack_many", broken)  # serve acks in batches
     await coord.send(SVC, {"fail": True})
     async with anyio.create_task_group() as tg:
         await tg.start(coord.serve, SVC, handler)
@@ -311,6 +311,77 @@ async def test_settling_errors_are_logged_not_raised(
         tg.cancel_scope.cancel()
     assert "settling a failed delivery" in caplog.text
     assert "settling a delivery" in caplog.text
+
+
+async def test_a_failed_release_is_logged_not_raised(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    coord = MessageCoordinator(backend)
+    done = anyio.Event()
+
+    async def broken(receipt: str) -> bool:
+        done.set()
+        raise BackendUnavailableError("down")
+
+    async def handler(delivery: Delivery) -> None:
+        raise CircuitOpenError("dep", 30.0)  # released, and the loop pauses
+
+    monkeypatch.setattr(backend.queue, "release", broken)
+    await coord.send(SVC)
+    async with anyio.create_task_group() as tg:
+        await tg.start(partial(coord.serve, SVC, handler, also_shared=False))
+        with anyio.fail_after(5):
+            await done.wait()
+        tg.cancel_scope.cancel()
+    assert "settling a delivery (release) failed: down" in caplog.text
+
+
+async def test_handlers_finishing_together_are_acked_in_one_batch(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    metrics = WatchedMetrics()
+    coord = MessageCoordinator(backend, metrics=metrics)
+    batches: list[int] = []
+    real_ack_many = backend.queue.ack_many
+
+    async def ack_many(receipts: list[str]) -> list[bool]:
+        batches.append(len(receipts))
+        return await real_ack_many(receipts)
+
+    async def handler(delivery: Delivery) -> None:
+        return None
+
+    monkeypatch.setattr(backend.queue, "ack_many", ack_many)
+    for i in range(10):
+        await coord.send(SVC, {"i": i})
+    async with anyio.create_task_group() as tg:
+        await tg.start(partial(coord.serve, SVC, handler, concurrency=10, also_shared=False))
+        await metrics.until(lambda: acked(metrics, 10))
+        tg.cancel_scope.cancel()
+    # One reserve of ten, ten handlers that finish in the same turn: one ack_many.
+    assert batches == [10]
+    assert metrics.total(DELIVERIES_ACKED) == 10
+    assert (await backend.queue.stats(SVC)).live == 0
+
+
+async def test_a_stale_ack_is_logged(backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
+    metrics = WatchedMetrics()
+    coord = MessageCoordinator(backend, metrics=metrics)
+    seen: list[int] = []
+
+    async def handler(delivery: Delivery) -> None:
+        seen.append(delivery.attempt)
+        if len(seen) == 1:
+            assert await coord.release(delivery)  # the handler hands it back itself
+
+    await coord.send(SVC)
+    async with anyio.create_task_group() as tg:
+        await tg.start(partial(coord.serve, SVC, handler, also_shared=False))
+        await metrics.until(lambda: acked(metrics, 1))  # the second delivery's ack
+        tg.cancel_scope.cancel()
+    assert seen == [1, 1]  # a release counts no attempt
+    assert metrics.total(DELIVERIES_ACKED) == 1
+    assert "not acked: the receipt was stale" in caplog.text
 
 
 async def test_reserve_errors_are_retried(
@@ -409,6 +480,37 @@ async def test_a_lost_reservation_stops_the_extending(
         await coord.serve(SVC, handler, visibility_timeout=0.15, stop=stop)
     assert coord.extends == 1
     assert "lost the reservation" in caplog.text
+
+
+async def test_an_extension_answered_after_the_handler_finished_is_ignored(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = WatchedMetrics()
+    finish = anyio.Event()
+
+    class SlowExtend(CountingCoordinator):
+        async def extend(self, delivery: Delivery, visibility_timeout: float) -> bool:
+            finish.set()  # the handler finishes while this extension is on its way
+            await metrics.until(lambda: acked(metrics, 1))
+            return await super().extend(delivery, visibility_timeout)
+
+    coord = SlowExtend(backend, metrics=metrics)
+    coord.script = ["lost"]
+
+    async def handler(delivery: Delivery) -> None:
+        await finish.wait()
+
+    await coord.send(SVC)
+    async with anyio.create_task_group() as tg:
+        await tg.start(partial(coord.serve, SVC, handler, visibility_timeout=0.15))
+        await metrics.until(lambda: acked(metrics, 1))
+        while coord.extends < 1:
+            coord.changed = anyio.Event()
+            await coord.changed.wait()
+        await anyio.wait_all_tasks_blocked()
+        tg.cancel_scope.cancel()
+    assert coord.extends == 1
+    assert "lost the reservation" not in caplog.text
 
 
 # -- shutdown -----------------------------------------------------------------------------

@@ -45,7 +45,9 @@ Design decisions (see also ``docs/decisions/``):
   number of free handler slots, so the two queues share ``concurrency`` slots without holding
   any slot while waiting. In the rare case both reservers return more deliveries than there
   are free slots, the surplus is ``release``d at once (no attempt counted) and that reserver
-  waits for a free slot before reserving again.
+  waits for a free slot before reserving again. The handlers that finish in one event-loop
+  turn are acked together (one ``ack_many`` per queue), and one task per loop keeps the
+  reservations of long-running handlers (no task or task group per delivery).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ import builtins
 import enum
 import logging
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -850,6 +853,18 @@ class MessageCoordinator:
         self._log_settled(agent_id, queue, attempt, done, "acked")
         return done
 
+    async def _ack_many(self, queue: AgentId, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Ack deliveries of one queue in one round trip (the worker loop's acks)."""
+        results = await self._queue.ack_many([delivery.receipt for delivery in deliveries])
+        acked = sum(results)
+        if acked:
+            self._metrics.increment(DELIVERIES_ACKED, float(acked), {"queue": str(queue)})
+        debug = logger.isEnabledFor(logging.DEBUG)
+        for delivery, done in zip(deliveries, results, strict=True):
+            if debug or not done:
+                self._log_settled(delivery, queue, delivery.attempt, done, "acked")
+        return results
+
     @overload
     async def nack(
         self,
@@ -1313,6 +1328,23 @@ class _Slots:
             await self._changed.wait()
 
 
+@dataclass(eq=False, slots=True)
+class _Held:
+    """A delivery whose handler runs, and when its reservation is extended next."""
+
+    delivery: Delivery
+    due: float
+    live: bool = True  # False once its handler finished or its reservation was lost
+
+
+@dataclass(eq=False, slots=True)
+class _AckBatch:
+    """Deliveries of one queue acked together (see ``_Worker._ack``)."""
+
+    deliveries: list[Delivery]
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
 @dataclass
 class _Worker:
     """One running :meth:`MessageCoordinator.serve` loop."""
@@ -1330,6 +1362,13 @@ class _Worker:
     aborted: bool = False
     pause_until: float = 0.0
     running: set[anyio.CancelScope] = field(default_factory=set[anyio.CancelScope])
+    # Running handlers in start order, for the one task that keeps their reservations.
+    held: deque[_Held] = field(default_factory=deque[_Held])
+    keeper_wake: anyio.Event | None = None  # set by _hold when the keeper waits for work
+    keeper: anyio.CancelScope = field(default_factory=lambda: anyio.CancelScope(shield=True))
+    # The acks of one event-loop turn, per queue, sent as one ack_many.
+    acks: dict[AgentId, _AckBatch] = field(default_factory=dict[AgentId, _AckBatch])
+    labels: dict[AgentId, dict[str, str]] = field(default_factory=dict[AgentId, dict[str, str]])
 
     async def run(
         self,
@@ -1340,6 +1379,7 @@ class _Worker:
     ) -> None:
         aborted = abort.wait if abort is not None else None
         async with anyio.create_task_group() as handlers:
+            handlers.start_soon(self._keep_visible)
             try:
                 async with anyio.create_task_group() as reservers:
                     for queue in queues:
@@ -1355,6 +1395,7 @@ class _Worker:
                     self.aborted = abort is not None and abort.is_set()
                     for scope in list(self.running):
                         scope.cancel()
+                    self.keeper.cancel()
 
     async def _reserve_loop(self, queue: AgentId, handlers: TaskGroup) -> None:
         failures = 0
@@ -1428,16 +1469,19 @@ class _Worker:
 
     async def _process(self, delivery: Delivery) -> None:
         started = anyio.current_time()
-        labels = {"queue": str(delivery.queue)}
+        labels = self.labels.get(delivery.queue)
+        if labels is None:
+            labels = self.labels[delivery.queue] = {"queue": str(delivery.queue)}
+        held = _Held(delivery, started + self.visibility_timeout / 3)
+        self._hold(held)
         failure: Exception | None = None
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._keep_visible, delivery)
-                try:
-                    await self._chain(delivery)
-                except Exception as exc:  # noqa: BLE001  # any handler failure is settled below
-                    failure = exc
-                tg.cancel_scope.cancel()
+            try:
+                await self._chain(delivery)
+            except Exception as exc:  # noqa: BLE001  # any handler failure is settled below
+                failure = exc
+            finally:
+                held.live = False
         except anyio.get_cancelled_exc_class():
             # The grace period ran out: hand the message back untouched (an abort leaves
             # it reserved, due again when its visibility timeout ends).
@@ -1459,7 +1503,7 @@ class _Worker:
             log_delivery(
                 logger, logging.DEBUG, delivery, "handled in %.3fs", anyio.current_time() - started
             )
-            await self._settle(self.coordinator.ack, delivery)
+            await self._ack(delivery)
             return
         if isinstance(failure, CircuitOpenError):
             self._observe(started, labels, "circuit_open")
@@ -1541,22 +1585,89 @@ class _Worker:
             msg = f"the handler for {delivery.queue} ran past handler_timeout={limit}s"
             raise HandlerTimeoutError(msg)
 
-    async def _keep_visible(self, delivery: Delivery) -> None:
-        interval = self.visibility_timeout / 3
-        while True:
-            await anyio.sleep(interval)
+    async def _ack(self, delivery: Delivery) -> None:
+        """Ack with the other handlers of this event-loop turn: one ``ack_many`` per queue.
+
+        The first handler to finish opens the batch and lets the others that finish in the
+        same turn join it (one checkpoint), then acks them all; the rest wait for its answer.
+        Every caller runs in its handler's shielded scope, as a single ack did.
+        """
+        batch = self.acks.get(delivery.queue)
+        if batch is not None:
+            batch.deliveries.append(delivery)
+            await batch.done.wait()
+            return
+        batch = self.acks[delivery.queue] = _AckBatch([delivery])
+        try:
             try:
-                current = await self.coordinator.extend(delivery, self.visibility_timeout)
-            except CoordinationError as exc:
+                await anyio.lowlevel.checkpoint()  # the handlers finishing in this turn join
+            finally:
+                del self.acks[delivery.queue]  # closed: later ones start the next batch
+            await self.coordinator._ack_many(delivery.queue, batch.deliveries)
+        except CoordinationError as exc:
+            for each in batch.deliveries:
                 log_delivery(
-                    logger, logging.WARNING, delivery, "extending the reservation failed: %s", exc
+                    logger, logging.WARNING, each, "settling a delivery (ack) failed: %s", exc
                 )
-                continue
-            if not current:
-                log_delivery(
-                    logger,
-                    logging.WARNING,
-                    delivery,
-                    "lost the reservation while the handler runs: it may be delivered again",
-                )
-                return
+        finally:
+            batch.done.set()
+
+    def _hold(self, held: _Held) -> None:
+        """Add a running handler's delivery to those whose reservations are kept."""
+        queue = self.held
+        while queue and not queue[0].live:
+            queue.popleft()
+        queue.append(held)
+        wake = self.keeper_wake
+        if wake is not None:
+            self.keeper_wake = None
+            wake.set()
+
+    async def _keep_visible(self) -> None:
+        """Extend the reservations of handlers that run long: one task for the whole loop.
+
+        Every reservation is extended ``visibility_timeout/3`` after its handler started (or
+        after its last extension), so the deliveries in ``held`` are in the order they are due.
+        It runs through the grace period (shielded) and ends when the loop does. Extensions
+        are sent one at a time (they are rare: only handlers running past the interval).
+        """
+        interval = self.visibility_timeout / 3
+        with self.keeper:
+            while True:
+                queue = self.held
+                while queue and not queue[0].live:
+                    queue.popleft()
+                if not queue:
+                    self.keeper_wake = wake = anyio.Event()
+                    await wake.wait()
+                    continue
+                first = queue[0]
+                wait = first.due - anyio.current_time()
+                if wait > 0:
+                    await anyio.sleep(wait)
+                    continue
+                queue.popleft()
+                await self._extend(first, interval)
+
+    async def _extend(self, held: _Held, interval: float) -> None:
+        delivery = held.delivery
+        try:
+            current = await self.coordinator.extend(delivery, self.visibility_timeout)
+        except CoordinationError as exc:
+            log_delivery(
+                logger, logging.WARNING, delivery, "extending the reservation failed: %s", exc
+            )
+            current = True  # try again after the interval
+        if not held.live:
+            return  # the handler finished meanwhile: its delivery was settled
+        if not current:
+            held.live = False
+            log_delivery(
+                logger,
+                logging.WARNING,
+                delivery,
+                "lost the reservation while the handler runs: it may be delivered again",
+            )
+            return
+        held.due = anyio.current_time() + interval
+        self._hold(held)
