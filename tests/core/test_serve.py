@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from functools import partial
+from typing import Any
 
 import anyio
 import pytest
@@ -311,6 +312,38 @@ async def test_settling_errors_are_logged_not_raised(
         tg.cancel_scope.cancel()
     assert "settling a failed delivery" in caplog.text
     assert "settling a delivery" in caplog.text
+
+
+async def test_handlers_start_before_the_next_reserve(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Latency (issue 9): the next reserve's call must not delay the handlers just started."""
+    coord = MessageCoordinator(backend)
+    real_reserve = backend.queue.reserve
+    started = anyio.Event()
+    seen_at_reserve: list[bool] = []
+    handled = anyio.Event()
+
+    async def reserve(queue: AgentId, **kwargs: Any) -> list[Delivery]:
+        seen_at_reserve.append(started.is_set())
+        return await real_reserve(queue, **kwargs)
+
+    async def handler(delivery: Delivery) -> None:
+        started.set()
+        handled.set()
+
+    monkeypatch.setattr(backend.queue, "reserve", reserve)
+    await coord.send(SVC)
+    async with anyio.create_task_group() as tg:
+        # Two slots: one stays free, so the reserver goes straight on to reserve again.
+        await tg.start(partial(coord.serve, SVC, handler, concurrency=2, also_shared=False))
+        with anyio.fail_after(5):
+            await handled.wait()
+            while len(seen_at_reserve) < 2:
+                await anyio.wait_all_tasks_blocked()
+        tg.cancel_scope.cancel()
+    # The first reserve got the message; by the second, its handler had started.
+    assert seen_at_reserve[:2] == [False, True]
 
 
 async def test_a_failed_release_is_logged_not_raised(

@@ -1426,6 +1426,10 @@ class _Worker:
             started = self.slots.take(len(deliveries))
             for delivery in deliveries[:started]:
                 handlers.start_soon(self._handle, delivery)
+            if started:
+                # Let the handlers start before the next reserve: its call runs on this task
+                # until the driver waits for the reply, which delayed their start by that much.
+                await anyio.lowlevel.checkpoint()
             surplus = deliveries[started:]
             if surplus:
                 with anyio.CancelScope(shield=True):
