@@ -1307,7 +1307,7 @@ class _Slots:
     def __init__(self, total: int) -> None:
         self.total = total
         self.free = total
-        self._changed = anyio.Event()
+        self._changed: anyio.Event | None = None  # made only while someone waits
 
     def take(self, wanted: int) -> int:
         got = min(wanted, self.free)
@@ -1316,16 +1316,23 @@ class _Slots:
 
     def give(self) -> None:
         self.free += 1
-        self._changed.set()
-        self._changed = anyio.Event()
+        changed = self._changed
+        if changed is not None:
+            self._changed = None
+            changed.set()
+
+    async def _wait_change(self) -> None:
+        if self._changed is None:
+            self._changed = anyio.Event()
+        await self._changed.wait()
 
     async def wait_free(self) -> None:
         while self.free == 0:
-            await self._changed.wait()
+            await self._wait_change()
 
     async def wait_idle(self) -> None:
         while self.free < self.total:
-            await self._changed.wait()
+            await self._wait_change()
 
 
 @dataclass(eq=False, slots=True)
@@ -1428,7 +1435,8 @@ class _Worker:
                 handlers.start_soon(self._handle, delivery)
             if started:
                 # Let the handlers start before the next reserve: its call runs on this task
-                # until the driver waits for the reply, which delayed their start by that much.
+                # until the driver waits for the reply, which delayed their start by that much
+                # (asyncio runs ready tasks in order; trio shuffles them, so there it is likely).
                 await anyio.lowlevel.checkpoint()
             surplus = deliveries[started:]
             if surplus:
