@@ -1368,11 +1368,9 @@ class _Worker:
     stopping: bool = False
     aborted: bool = False
     pause_until: float = 0.0
-    running: set[anyio.CancelScope] = field(default_factory=set[anyio.CancelScope])
     # Running handlers in start order, for the one task that keeps their reservations.
     held: deque[_Held] = field(default_factory=deque[_Held])
     keeper_wake: anyio.Event | None = None  # set by _hold when the keeper waits for work
-    keeper: anyio.CancelScope = field(default_factory=lambda: anyio.CancelScope(shield=True))
     # The acks of one event-loop turn, per queue, sent as one ack_many.
     acks: dict[AgentId, _AckBatch] = field(default_factory=dict[AgentId, _AckBatch])
     labels: dict[AgentId, dict[str, str]] = field(default_factory=dict[AgentId, dict[str, str]])
@@ -1385,8 +1383,8 @@ class _Worker:
         task_status: TaskStatus[None],
     ) -> None:
         aborted = abort.wait if abort is not None else None
-        async with anyio.create_task_group() as handlers:
-            handlers.start_soon(self._keep_visible)
+        async with anyio.create_task_group() as root:
+            handlers: TaskGroup = await root.start(self._host_handlers)
             try:
                 async with anyio.create_task_group() as reservers:
                     for queue in queues:
@@ -1400,9 +1398,20 @@ class _Worker:
                     with anyio.move_on_after(self.grace):
                         await _first_of(self.slots.wait_idle, aborted)
                     self.aborted = abort is not None and abort.is_set()
-                    for scope in list(self.running):
-                        scope.cancel()
-                    self.keeper.cancel()
+                    # The handlers still running, the visibility keeper and the host.
+                    handlers.cancel_scope.cancel()
+
+    async def _host_handlers(self, *, task_status: TaskStatus[TaskGroup]) -> None:
+        """Hold the handlers' task group until :meth:`run` cancels it.
+
+        The group is shielded, so a cancelled ``serve`` does not reach the handlers (they get
+        the grace period); one shield for all of them instead of a cancel scope per delivery.
+        """
+        async with anyio.create_task_group() as handlers:
+            handlers.cancel_scope.shield = True
+            handlers.start_soon(self._keep_visible)
+            task_status.started(handlers)
+            await anyio.sleep_forever()
 
     async def _reserve_loop(self, queue: AgentId, handlers: TaskGroup) -> None:
         failures = 0
@@ -1463,19 +1472,15 @@ class _Worker:
             await anyio.sleep(snapshot.retry_after)
 
     async def _handle(self, delivery: Delivery) -> None:
+        # Runs in the shielded handlers' group (see _host_handlers).
         try:
-            with anyio.CancelScope(shield=True) as scope:
-                self.running.add(scope)
-                try:
-                    if not self.stopping:
-                        await self._process(delivery)
-                    elif not self.aborted:  # an abort leaves it reserved until visibility ends
-                        log_delivery(logger, logging.INFO, delivery, "not started: released")
-                        await self._settle(self.coordinator.release, delivery)
-                    else:
-                        log_delivery(logger, logging.INFO, delivery, "not started: left reserved")
-                finally:
-                    self.running.discard(scope)
+            if not self.stopping:
+                await self._process(delivery)
+            elif not self.aborted:  # an abort leaves it reserved until visibility ends
+                log_delivery(logger, logging.INFO, delivery, "not started: released")
+                await self._settle(self.coordinator.release, delivery)
+            else:
+                log_delivery(logger, logging.INFO, delivery, "not started: left reserved")
         finally:
             self.slots.give()
 
@@ -1640,26 +1645,26 @@ class _Worker:
 
         Every reservation is extended ``visibility_timeout/3`` after its handler started (or
         after its last extension), so the deliveries in ``held`` are in the order they are due.
-        It runs through the grace period (shielded) and ends when the loop does. Extensions
-        are sent one at a time (they are rare: only handlers running past the interval).
+        It runs through the grace period (in the shielded handlers' group) and ends with it.
+        Extensions are sent one at a time (they are rare: only handlers running past the
+        interval).
         """
         interval = self.visibility_timeout / 3
-        with self.keeper:
-            while True:
-                queue = self.held
-                while queue and not queue[0].live:
-                    queue.popleft()
-                if not queue:
-                    self.keeper_wake = wake = anyio.Event()
-                    await wake.wait()
-                    continue
-                first = queue[0]
-                wait = first.due - anyio.current_time()
-                if wait > 0:
-                    await anyio.sleep(wait)
-                    continue
+        while True:
+            queue = self.held
+            while queue and not queue[0].live:
                 queue.popleft()
-                await self._extend(first, interval)
+            if not queue:
+                self.keeper_wake = wake = anyio.Event()
+                await wake.wait()
+                continue
+            first = queue[0]
+            wait = first.due - anyio.current_time()
+            if wait > 0:
+                await anyio.sleep(wait)
+                continue
+            queue.popleft()
+            await self._extend(first, interval)
 
     async def _extend(self, held: _Held, interval: float) -> None:
         delivery = held.delivery
