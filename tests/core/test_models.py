@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
 import string
+import uuid
+import warnings
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -142,6 +145,39 @@ def test_message_defaults_and_json_round_trip() -> None:
 def test_message_ids_are_unique() -> None:
     ids = {AgentMessage(sender=AgentId("a"), recipient=AgentId("b")).message_id for _ in range(100)}
     assert len(ids) == 100
+
+
+def test_message_ids_are_random_uuid4_hex() -> None:
+    ids = [AgentMessage(sender=AgentId("a"), recipient=AgentId("b")).message_id for _ in range(300)]
+    assert len(set(ids)) == 300  # across several batches made ahead
+    for message_id in ids:
+        parsed = uuid.UUID(hex=message_id)
+        assert (parsed.version, parsed.variant, parsed.hex) == (4, uuid.RFC_4122, message_id)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the platform cannot fork")
+def test_a_forked_child_never_repeats_its_parents_message_ids() -> None:
+    def new_id() -> str:
+        return AgentMessage(sender=AgentId("a"), recipient=AgentId("b")).message_id
+
+    new_id()  # the parent now holds ids made ahead
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        # Python warns when a process with threads forks (another test's idle worker thread
+        # would do): the child here takes no lock, writes to a pipe and exits at once.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover  # the child (coverage does not follow it)
+        os.close(read_end)
+        os.write(write_end, ",".join(new_id() for _ in range(5)).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child = set(pipe.read().decode().split(","))
+    os.waitpid(pid, 0)
+    parent = {new_id() for _ in range(5)}
+    assert len(child) == 5
+    assert not child & parent
 
 
 def test_message_type_accepts_any_string_and_keeps_known_ones_typed() -> None:
