@@ -493,7 +493,10 @@ class MessageCoordinator:
                 raise ValidationError(msg)
             message = to
         else:
-            recipient = await self.route(to, shared=shared)
+            if isinstance(to, AgentId):  # no await: route() has nothing to look up
+                recipient = to.shared if shared else to
+            else:
+                recipient = await self.route(to, shared=shared)
             message = AgentMessage(
                 sender=self._agent_id if sender is None else sender,
                 recipient=recipient,
@@ -518,33 +521,46 @@ class MessageCoordinator:
         entry_id: str | None = None,
         max_attempts: int | None = None,
     ) -> str:
+        if not self._middleware:  # the common case: no chain to build
+            return await self._enqueue(message, delay, dedup_key, entry_id, max_attempts)
+
         async def enqueue(final: AgentMessage) -> str:
-            entry = await self._queue.enqueue(
-                final,
-                delay=delay,
-                dedup_key=dedup_key,
-                entry_id=entry_id,
-                max_attempts=max_attempts,
-            )
-            self._metrics.increment(
-                MESSAGES_SENT,
-                labels={"queue": str(final.recipient), "message_type": str(final.message_type)},
-            )
-            log_message(
-                logger,
-                logging.DEBUG,
-                final,
-                final.recipient,
-                "sent a %s message",
-                final.message_type,
-                entry_id=entry,
-            )
-            return entry
+            return await self._enqueue(final, delay, dedup_key, entry_id, max_attempts)
 
         call: SendNext = enqueue
         for middleware in reversed(self._middleware):
             call = _wrap_send(middleware, call)
         return await call(message)
+
+    async def _enqueue(
+        self,
+        message: AgentMessage,
+        delay: float | None,
+        dedup_key: str | None,
+        entry_id: str | None,
+        max_attempts: int | None,
+    ) -> str:
+        entry = await self._queue.enqueue(
+            message,
+            delay=delay,
+            dedup_key=dedup_key,
+            entry_id=entry_id,
+            max_attempts=max_attempts,
+        )
+        self._metrics.increment(
+            MESSAGES_SENT,
+            labels={"queue": str(message.recipient), "message_type": str(message.message_type)},
+        )
+        log_message(
+            logger,
+            logging.DEBUG,
+            message,
+            message.recipient,
+            "sent a %s message",
+            message.message_type,
+            entry_id=entry,
+        )
+        return entry
 
     async def broadcast(
         self,
@@ -1033,6 +1049,8 @@ class MessageCoordinator:
         A stale ``ack`` is a WARNING: the message will be delivered again, its work repeated.
         Any other stale settlement is INFO.
         """
+        if done and not logger.isEnabledFor(logging.DEBUG):
+            return  # the common case: nothing to build
         delivery = about if isinstance(about, Delivery) else None
         if done:
             level, text = logging.DEBUG, verb
