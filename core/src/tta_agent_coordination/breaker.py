@@ -55,7 +55,18 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Any, Final, Literal, ParamSpec, Protocol, Self, TypeAlias, TypeVar, overload
+from typing import (
+    Any,
+    Final,
+    Literal,
+    ParamSpec,
+    Protocol,
+    Self,
+    TypeAlias,
+    TypeVar,
+    cast,
+    overload,
+)
 
 from ._validation import require_name
 from .errors import BackendError, CircuitOpenError, ValidationError
@@ -468,7 +479,7 @@ class CircuitBreaker:
         release: object = getattr(self._store, "release", None)
         if not callable(release):
             return  # the permit lapses after probe_timeout
-        releaser: _ReleasesPermits = self._store  # type: ignore[assignment]  # checked above
+        releaser = cast("_ReleasesPermits", self._store)  # has a callable release: checked above
         try:
             await releaser.release(self._name, self._config, permit)
         except BackendError as exc:

@@ -66,7 +66,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 import anyio
 from pydantic import JsonValue
@@ -236,7 +236,7 @@ def import_handler(spec: str, *, import_paths: Sequence[str | Path] = ()) -> Imp
     if not _is_async_callable(target):
         msg = f"{spec} is not an async callable: it must be `async def handler(delivery)`"
         raise ValidationError(msg)
-    handler: Handler = target  # type: ignore[assignment]  # checked just above
+    handler = cast("Handler", target)  # an async callable: checked just above
     return ImportedHandler(spec, handler, declared_capabilities(handler, module))
 
 

@@ -31,7 +31,7 @@ import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Final, Literal, Protocol, cast
 
 from opentelemetry import metrics as otel_metrics
 
@@ -284,11 +284,11 @@ class OpenTelemetryMetrics:
                 if value < 0:
                     self._dropped(name, f"a counter cannot go down by {value}")
                     return
-                instrument.add(value, attributes)  # type: ignore[union-attr]  # pyright: ignore[reportAttributeAccessIssue]  # the kind says which
+                cast("_Addable", instrument).add(value, attributes)  # the kind says which
             elif kind == "histogram":
-                instrument.record(value, attributes)  # type: ignore[union-attr]  # pyright: ignore[reportAttributeAccessIssue]  # the kind says which
+                cast("_Recordable", instrument).record(value, attributes)
             else:
-                instrument.set(value, attributes)  # type: ignore[union-attr]  # pyright: ignore[reportAttributeAccessIssue]  # the kind says which
+                cast("_Settable", instrument).set(value, attributes)
         except Exception as exc:  # noqa: BLE001  # a sink never raises into the hot path
             self._dropped(name, f"{type(exc).__name__}: {exc}")
 
