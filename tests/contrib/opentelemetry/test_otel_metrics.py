@@ -244,7 +244,7 @@ def test_dynamic_instruments_are_capped(meters: Meters) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"max_label_values": 0}, "at least 1"),
+        ({"max_label_values": 0}, "max_label_values must be >= 1, not 0"),
         ({"max_label_values": True}, "an int"),
         ({"buckets": []}, "strictly increasing"),
         ({"buckets": [2.0, 1.0]}, "strictly increasing"),

@@ -325,7 +325,7 @@ def test_concurrent_threads_lose_nothing(registry: CollectorRegistry) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"max_label_values": 0}, "at least 1"),
+        ({"max_label_values": 0}, "max_label_values must be >= 1, not 0"),
         ({"max_label_values": True}, "must be an int"),
         ({"max_label_values": 1.5}, "must be an int"),
         ({"buckets": []}, "increasing"),

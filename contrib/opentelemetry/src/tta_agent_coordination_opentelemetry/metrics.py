@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Final, Literal, Protocol, cast
 
 from opentelemetry import metrics as otel_metrics
 
+from tta_agent_coordination import checks
 from tta_agent_coordination.errors import ValidationError
 from tta_agent_coordination.metrics import (
     BREAKER_STORE_ERRORS,
@@ -228,12 +229,7 @@ class OpenTelemetryMetrics:
         buckets: Sequence[float] = DEFAULT_BUCKETS,
         max_label_values: int = 1000,
     ) -> None:
-        if isinstance(max_label_values, bool) or not isinstance(max_label_values, int):  # pyright: ignore[reportUnnecessaryIsInstance]  # runtime guard
-            msg = f"max_label_values must be an int, not {max_label_values!r}"
-            raise ValidationError(msg)
-        if max_label_values < 1:
-            msg = f"max_label_values must be at least 1, not {max_label_values}"
-            raise ValidationError(msg)
+        max_label_values = checks.integer(max_label_values, "max_label_values", 1)
         self._buckets = _buckets(buckets)
         self._meter = otel_metrics.get_meter(
             "tta_agent_coordination_opentelemetry", __version__, meter_provider=meter_provider

@@ -28,6 +28,7 @@ from typing import Final, Literal
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from tta_agent_coordination import checks
 from tta_agent_coordination.errors import ValidationError
 from tta_agent_coordination.metrics import (
     BREAKER_STORE_ERRORS,
@@ -173,12 +174,7 @@ class PrometheusMetrics:
         buckets: Sequence[float] = DEFAULT_BUCKETS,
         max_label_values: int = 1000,
     ) -> None:
-        if isinstance(max_label_values, bool) or not isinstance(max_label_values, int):  # pyright: ignore[reportUnnecessaryIsInstance]  # runtime guard
-            msg = f"max_label_values must be an int, not {max_label_values!r}"
-            raise ValidationError(msg)
-        if max_label_values < 1:
-            msg = f"max_label_values must be at least 1, not {max_label_values}"
-            raise ValidationError(msg)
+        max_label_values = checks.integer(max_label_values, "max_label_values", 1)
         bounds = _buckets(buckets)
         self._registry = REGISTRY if registry is None else registry
         self._instance_labels = bool(instance_labels)
