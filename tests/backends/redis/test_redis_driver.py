@@ -544,6 +544,26 @@ def test_an_include_is_inlined_once(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _scripts.load_script("top") == "B\nA\n-- (included above: b)\nTOP"
 
 
+def test_helpers_the_script_never_calls_are_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    lib = (
+        "local X = 1\n"
+        "local function used(a)\n  return helper(a) -- not_called() in a comment\nend\n"
+        "local function helper(a)\n  return a\nend\n"
+        "-- only_by_dead() is never called: it goes, then dead() goes with it\n"
+        "local function dead()\n  return only_by_dead()\nend\n"
+        "local function only_by_dead()\n  return X\nend\n"
+        "local function not_called()\n  return 2\nend\n"
+    )
+    texts = {"top": "--#include lib\nreturn used(X)", "lib": lib}
+    monkeypatch.setattr(_scripts, "_read", texts.__getitem__)
+    text = _scripts.load_script("top")
+    assert "local function used(" in text
+    assert "local function helper(" in text
+    for gone in ("dead", "only_by_dead", "not_called"):
+        assert f"local function {gone}(" not in text
+    assert text.endswith("return used(X)")
+
+
 async def test_translate_turns_error_replies_into_backend_errors() -> None:
     with pytest.raises(BackendError, match="WRONGTYPE"):
         async with translate("test"):

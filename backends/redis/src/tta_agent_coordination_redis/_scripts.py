@@ -2,9 +2,10 @@
 
 ``scripts/NAME.lua`` is the script ``NAME``. A line ``--#include OTHER`` inlines
 ``scripts/OTHER.lua`` (once), so shared helpers (``_time.lua``, ``_queue.lua``) are written
-once and every script stays one self-contained ``EVALSHA``. A script is sent by SHA; if the
-server answers ``NOSCRIPT`` (restarted, failed over, ``SCRIPT FLUSH``), the same round trip is
-repeated with ``EVAL`` and the full text, which also caches it again.
+once and every script stays one self-contained ``EVALSHA``. Helpers a script never calls are
+left out of its text (Lua makes a closure of every ``local function`` on each run). A script
+is sent by SHA; if the server answers ``NOSCRIPT`` (restarted, failed over, ``SCRIPT FLUSH``),
+the same round trip is repeated with ``EVAL`` and the full text, which also caches it again.
 
 On a plain ``redis.asyncio.Redis`` client (pooled, ``execute_command`` not wrapped by
 instrumentation) the ``EVALSHA`` takes a lean path: the command is packed here in one pass
@@ -61,7 +62,35 @@ def load_script(name: str) -> str:
         return _INCLUDE.sub(inline, text)
 
     seen.add(name)
-    return expand(_read(name))
+    return _drop_unused(expand(_read(name)))
+
+
+#: A top-level helper: ``local function NAME(`` at the start of a line up to the first line
+#: that is ``end`` alone (the helpers' bodies are indented, so that line closes the function).
+_HELPER: Final = re.compile(
+    r"^local function ([A-Za-z_][A-Za-z0-9_]*)\(.*?^end[ \t]*\n", re.MULTILINE | re.DOTALL
+)
+
+
+#: A Lua line comment (names in comments are not uses).
+_COMMENT: Final = re.compile(r"--.*$", re.M)
+
+
+def _drop_unused(text: str) -> str:
+    """``text`` without the top-level helpers nothing else in it calls.
+
+    A shared prelude defines every helper of its family, and Lua makes a closure of each one on
+    every run of the script: a helper the script never calls costs time on every call. Removal
+    repeats until no unused helper is left (one may only be used by another unused one).
+    """
+    while True:
+        for match in _HELPER.finditer(text):
+            rest = text[: match.start()] + text[match.end() :]
+            if re.search(rf"\b{match.group(1)}\b", _COMMENT.sub("", rest)) is None:
+                text = rest
+                break
+        else:
+            return text
 
 
 class Script:

@@ -17,6 +17,15 @@
 -- as JSON: p priority, a attempt, m max_attempts, e enqueued at, q sequence, s state
 -- ('r' ready, 'd' delayed, 'v' reserved, 'x' dead), t receipt token, dl reservation deadline,
 -- x ttl deadline, ttl, k dedup key, l last error.
+--
+-- Every script starts with load_info(): one HMGET of the queue's info hash. Besides whether
+-- the queue exists and its idle ttl, it holds two gates that spare the common call the scans
+-- of sorted sets whose first deadline is still ahead: info.md, the earliest time a
+-- reservation, a delayed entry or a ttl may fall due, and info.pn, the earliest time a settled
+-- entry id or a dedup key may be forgotten. A gate is never later than the truth (a write that
+-- adds an earlier deadline lowers it; a removal leaves it early, and the scan it lets through
+-- sets it again); -1 means nothing is pending, and a missing field (a queue written before the
+-- gates, or after a drop) means unknown: the scan runs and sets it.
 --#include _time
 
 local K_CLOCK, K_QUEUES, K_IDLE = KEYS[1], KEYS[2], KEYS[3]
@@ -76,8 +85,51 @@ local function now_ms()
   return tta_now(K_CLOCK)
 end
 
+-- The info fields (see above), loaded by load_info().
+local CREATED, IDLE_UNTIL, IDLE_TTL, PRUNE_AT, DUE_AT = false, -1, nil, nil, nil
+
+local function load_info()
+  local v = redis.call('HMGET', K_INFO, 'created', 'idle_until', 'idle_ttl', 'pn', 'md')
+  CREATED = v[1] ~= false
+  IDLE_UNTIL = v[2] and tonumber(v[2]) or -1
+  IDLE_TTL = v[3] and tonumber(v[3]) or nil
+  PRUNE_AT = v[4] and tonumber(v[4]) or nil
+  DUE_AT = v[5] and tonumber(v[5]) or nil
+end
+
 local function exists()
-  return redis.call('HEXISTS', K_INFO, 'created') == 1
+  return CREATED
+end
+
+-- The earliest first score of the sorted sets `keys`, or -1 if they are all empty.
+local function earliest(keys)
+  local best = -1
+  for _, key in ipairs(keys) do
+    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    if #first > 0 then
+      local at = tonumber(first[2])
+      if best < 0 or at < best then
+        best = at
+      end
+    end
+  end
+  return best
+end
+
+-- Something falls due at `at` (a reservation deadline, a delayed entry, a ttl): lower the gate.
+local function due_by(at)
+  if DUE_AT and (DUE_AT < 0 or at < DUE_AT) then
+    DUE_AT = at
+    redis.call('HSET', K_INFO, 'md', n2s(at))
+  end
+end
+
+-- A settled entry id or a released dedup key may be forgotten at `at`: lower the gate.
+local function prune_by(at)
+  if PRUNE_AT and (PRUNE_AT < 0 or at < PRUNE_AT) then
+    PRUNE_AT = at
+    redis.call('HSET', K_INFO, 'pn', n2s(at))
+  end
 end
 
 local function live_count()
@@ -85,9 +137,18 @@ local function live_count()
     + redis.call('ZCARD', K_RESERVED)
 end
 
+-- Would `extra` new entries pass max_queue_length? meta holds every live and dead entry, so
+-- its length bounds the live count from above: the exact count is only taken near the cap.
+local function over_cap(extra)
+  return redis.call('HLEN', K_META) + extra > MAX_LEN and live_count() + extra > MAX_LEN
+end
+
+-- Leave one wake-up on the queue's wake list (a waiting consumer takes it at once, so a
+-- list that still holds one has no waiter to wake).
 local function wake()
-  redis.call('LPUSH', K_WAKE, '1')
-  redis.call('LTRIM', K_WAKE, 0, 0)
+  if redis.call('LLEN', K_WAKE) == 0 then
+    redis.call('LPUSH', K_WAKE, '1')
+  end
 end
 
 -- Drop every key of the queue and its index entries; returns the entries removed.
@@ -98,13 +159,13 @@ local function drop_queue()
     redis.call('ZREM', K_QUEUES, NAME)
     redis.call('ZREM', K_IDLE, NAME)
   end
+  CREATED, IDLE_UNTIL, IDLE_TTL, PRUNE_AT, DUE_AT = false, -1, nil, nil, nil
   return n
 end
 
 -- A queue with an idle ttl that lapsed is dropped before anything else happens to it.
 local function drop_if_idle(now)
-  local until_ = tonumber(redis.call('HGET', K_INFO, 'idle_until') or '-1')
-  if until_ >= 0 and until_ <= now then
+  if IDLE_UNTIL >= 0 and IDLE_UNTIL <= now then
     drop_queue()
     return true
   end
@@ -112,9 +173,9 @@ local function drop_if_idle(now)
 end
 
 local function touch(now)
-  local ttl = redis.call('HGET', K_INFO, 'idle_ttl')
-  if ttl then
-    local until_ = now + tonumber(ttl)
+  if IDLE_TTL then
+    local until_ = now + IDLE_TTL
+    IDLE_UNTIL = until_
     redis.call('HSET', K_INFO, 'idle_until', n2s(until_))
     if not CLUSTER then
       redis.call('ZADD', K_IDLE, n2s(until_), NAME)
@@ -124,9 +185,12 @@ end
 
 -- Make the queue exist; true if it did not before.
 local function create()
-  if redis.call('HSETNX', K_INFO, 'created', 1) == 0 then
+  if CREATED or redis.call('HSETNX', K_INFO, 'created', 1) == 0 then
+    CREATED = true
     return false
   end
+  CREATED, PRUNE_AT, DUE_AT = true, -1, -1
+  redis.call('HSET', K_INFO, 'pn', '-1', 'md', '-1')  -- a new queue holds nothing yet
   if not CLUSTER then
     redis.call('ZADD', K_QUEUES, 'NX', 0, NAME)
   end
@@ -136,6 +200,7 @@ end
 local function settle(id, token, now)
   redis.call('ZADD', K_SETTLED, n2s(now + RETENTION), id)
   redis.call('HSET', K_ACKS, id, token)
+  prune_by(now + RETENTION)
 end
 
 local function release_dedup(id, m, now)
@@ -150,6 +215,7 @@ local function release_dedup(id, m, now)
     redis.call('HDEL', K_DEDUP, key)
   else
     redis.call('ZADD', K_DEDUPX, n2s(now + DEDUP_WINDOW), key)
+    prune_by(now + DEDUP_WINDOW)
   end
 end
 
@@ -228,6 +294,7 @@ local function push_due(id, m, due, now)
   if due > now then
     m.s = 'd'
     redis.call('ZADD', K_DELAYED, n2s(due), id)
+    due_by(due)
   else
     m.s = 'r'
     redis.call('ZADD', K_READY, n2s((9 - m.p) * BAND + due), ready_member(id, m))
@@ -246,6 +313,7 @@ local function give_back(id, m, due, now)
       return
     end
     redis.call('ZADD', K_EXPIRY, n2s(m.x), id)
+    due_by(m.x)
   end
   push_due(id, m, due, now)
 end
@@ -257,6 +325,7 @@ local function admit(id, m, now, delay)
   if m.ttl then
     m.x = now + m.ttl
     redis.call('ZADD', K_EXPIRY, n2s(m.x), id)
+    due_by(m.x)
   else
     m.x = nil
   end
@@ -297,32 +366,35 @@ local function maintain(now)
     local m = get_meta(id)
     to_dead(id, m, 'expired', nil, m.a - 1, now)
   end
+  if CREATED then
+    DUE_AT = earliest({K_DELAYED, K_RESERVED, K_EXPIRY})
+    redis.call('HSET', K_INFO, 'md', n2s(DUE_AT))
+  end
   return reclaimed
 end
 
+-- maintain() when something may be due by now (the gate), else nothing: returns the same.
+local function maintain_due(now)
+  if DUE_AT == nil or (DUE_AT >= 0 and DUE_AT <= now) then
+    return maintain(now)
+  end
+  return 0
+end
+
 -- Forget settled entry ids past their retention and dedup keys past their window.
+-- Only when the gate says something may be due, and only on a queue that exists.
 local function prune(now)
+  if not CREATED or (PRUNE_AT and (PRUNE_AT < 0 or PRUNE_AT > now)) then
+    return
+  end
   local old = redis.call('ZRANGE', K_SETTLED, '-inf', n2s(now), 'BYSCORE')
   each_chunk('ZREM', K_SETTLED, old)
   each_chunk('HDEL', K_ACKS, old)
   local free = redis.call('ZRANGE', K_DEDUPX, '-inf', n2s(now), 'BYSCORE')
   each_chunk('ZREM', K_DEDUPX, free)
   each_chunk('HDEL', K_DEDUP, free)
-end
-
--- The earliest time something becomes due (a delayed entry, a reservation deadline), or -1.
-local function next_due()
-  local best = -1
-  for _, key in ipairs({K_DELAYED, K_RESERVED}) do
-    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-    if #first > 0 then
-      local at = tonumber(first[2])
-      if best < 0 or at < best then
-        best = at
-      end
-    end
-  end
-  return best
+  PRUNE_AT = earliest({K_SETTLED, K_DEDUPX})
+  redis.call('HSET', K_INFO, 'pn', n2s(PRUNE_AT))
 end
 
 -- The current reservation for (token, id), or nil. An expired one is reclaimed on the spot.

@@ -1,6 +1,7 @@
 -- Ack receipts of one queue: ARGV[8] n, then n pairs (token, entry id).
 -- Returns one 1/0 per receipt: 1 for a current receipt or a repeat of a successful ack.
 --#include _queue
+load_info()
 local out = {}
 local n = tonumber(ARGV[8])
 if not exists() then
@@ -50,5 +51,6 @@ if #acked > 0 then
     pairs_[#pairs_ + 1] = tokens[id]
   end
   redis.call('HSET', K_ACKS, unpack(pairs_))
+  prune_by(now + RETENTION)
 end
 return out

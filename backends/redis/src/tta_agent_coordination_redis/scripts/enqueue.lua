@@ -5,6 +5,7 @@
 -- entry id: new, or the one a repeated entry id or dedup key resolves to) or {0} when the new
 -- entries would pass max_queue_length (nothing written).
 --#include _queue
+load_info()
 local now = now_ms()
 drop_if_idle(now)
 prune(now)
@@ -37,7 +38,7 @@ for i = 0, n - 1 do
     end
   end
 end
-if #fresh > 0 and live_count() + #fresh > MAX_LEN then
+if #fresh > 0 and over_cap(#fresh) then
   return {0}
 end
 local created = create()
@@ -47,6 +48,7 @@ if #fresh > 0 then
   -- push_due() do for one entry, for the whole batch): sequence numbers are taken in one step.
   local first = redis.call('HINCRBY', K_INFO, 'seq', #fresh) - #fresh
   local bodies, metas, ready, delayed, expiry, dedup = {}, {}, {}, {}, {}, {}
+  local soonest = -1  -- the earliest ttl or delay deadline of the batch
   local function push(list, a, b)
     list[#list + 1] = a
     list[#list + 1] = b
@@ -58,6 +60,9 @@ if #fresh > 0 then
       m.ttl = ttl
       m.x = now + ttl
       push(expiry, n2s(m.x), id)
+      if soonest < 0 or m.x < soonest then
+        soonest = m.x
+      end
     end
     if key ~= '' then
       m.k = key
@@ -68,6 +73,9 @@ if #fresh > 0 then
     if due > now then
       m.s = 'd'
       push(delayed, n2s(due), id)
+      if soonest < 0 or due < soonest then
+        soonest = due
+      end
     else
       m.s = 'r'
       push(ready, n2s((9 - m.p) * BAND + due), ready_member(id, m))
@@ -88,6 +96,9 @@ if #fresh > 0 then
     redis.call('ZADD', K_DELAYED, unpack(delayed))
   end
   redis.call('HSET', K_META, unpack(metas))
+  if soonest >= 0 then
+    due_by(soonest)
+  end
 end
 if #fresh > 0 then
   wake()

@@ -6,11 +6,12 @@
 --   dead_list: ARGV[9] after sequence, ARGV[10] limit; returns {exists, more, seq, id, body,
 --     meta, info, ...} (oldest first)
 --#include _queue
+load_info()
 local now = now_ms()
 if not exists() or drop_if_idle(now) then
   return {0}
 end
-maintain(now)
+maintain_due(now)
 trim_dead(now)
 local what = ARGV[8]
 if what == 'stats' then

@@ -7,6 +7,7 @@
 --     (dropped now or before), 2 if it exists without an idle ttl, 0 if it is kept
 --   set_ttl: ARGV[9] idle ttl ms (-1: none); creates the queue; returns 1 if it created it
 --#include _queue
+load_info()
 local now = now_ms()
 local what = ARGV[8]
 if what == 'drop' then
@@ -18,7 +19,7 @@ elseif what == 'drop_idle' then
   if not exists() or drop_if_idle(now) then
     return 1
   end
-  if not redis.call('HGET', K_INFO, 'idle_ttl') then
+  if not IDLE_TTL then
     return 2
   end
   return 0
@@ -28,11 +29,13 @@ elseif what == 'set_ttl' then
   local ttl = tonumber(ARGV[9])
   if ttl < 0 then
     redis.call('HDEL', K_INFO, 'idle_ttl', 'idle_until')
+    IDLE_TTL, IDLE_UNTIL = nil, -1
     if not CLUSTER then
       redis.call('ZREM', K_IDLE, NAME)
     end
   else
     redis.call('HSET', K_INFO, 'idle_ttl', n2s(ttl))
+    IDLE_TTL = ttl
     touch(now)
   end
   return created and 1 or 0

@@ -5,6 +5,7 @@
 --   dead_letter: ARGV[11] reason, ARGV[12] error, ARGV[13] 1 if an error is given
 -- Returns 1 if the receipt was current (and the action done), else 0.
 --#include _queue
+load_info()
 if not exists() then
   return 0
 end
@@ -32,6 +33,7 @@ elseif action == 'extend' then
   m.dl = now + tonumber(ARGV[11])
   put_meta(id, m)
   redis.call('ZADD', K_RESERVED, n2s(m.dl), id)
+  due_by(m.dl)
 elseif action == 'dead_letter' then
   local err = nil
   if ARGV[13] == '1' then

@@ -1,0 +1,162 @@
+"""The queue scripts' gates: scans whose first deadline is ahead are skipped, never one that is due.
+
+Each queue keeps two times in its info hash (``md``: the earliest reservation deadline, delayed
+entry or ttl; ``pn``: the earliest settled id or dedup key to forget). A script that finds them
+in the future skips the sorted-set scans. These tests pin both halves: the common calls run few
+commands (counted by the server), and every way a deadline can come earlier still lowers the gate,
+as does a queue written before the gates existed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import pytest
+import redis as sync_redis
+
+from redis_helpers import REDIS_URL
+from tta_agent_coordination import connect
+from tta_agent_coordination.models import AgentId, AgentMessage, Delivery
+from tta_agent_coordination_redis import RedisBackend
+
+pytestmark = pytest.mark.anyio
+
+QUEUE = AgentId("gates", "q")
+SENDER = AgentId("gates", "sender")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@asynccontextmanager
+async def fresh(url: str = REDIS_URL, **options: Any) -> AsyncGenerator[RedisBackend]:
+    namespace = f"t{uuid.uuid4().hex[:16]}"
+    async with connect(url, namespace=namespace, **options) as backend:
+        assert isinstance(backend, RedisBackend)
+        try:
+            yield backend
+        finally:
+            await backend.drop_namespace()
+
+
+def message(ttl: float | None = None) -> AgentMessage:
+    return AgentMessage(sender=SENDER, recipient=QUEUE, payload={"x": 1}, ttl=ttl)
+
+
+def calls(url: str) -> dict[str, int]:
+    """Calls per command so far on the server (``INFO commandstats``, scripts' inner ones too)."""
+    with sync_redis.Redis.from_url(url) as client:
+        stats = cast("dict[str, dict[str, int]]", client.info("commandstats"))
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    changed = {k: v - before.get(k, 0) for k, v in after.items()}
+    for own in ("info", "hello", "client|setinfo"):  # the counting connection's own
+        changed.pop(own, None)
+    return {k: v for k, v in changed.items() if v}
+
+
+def info_key(backend: RedisBackend) -> str:
+    return backend.connection.keys.queue(str(QUEUE), "info")
+
+
+async def forget_gates(backend: RedisBackend) -> None:
+    """Make the queue look as one written before the gates existed."""
+    key = info_key(backend)
+    await backend.connection.call(lambda c: c.hdel(key, "md", "pn"), what="test")
+
+
+async def reserve_one(backend: RedisBackend, visibility: float = 30) -> Delivery:
+    (delivery,) = await backend.queue.reserve(QUEUE, visibility_timeout=visibility)
+    return delivery
+
+
+async def test_the_common_calls_skip_the_scans(private_server: str) -> None:
+    async with fresh(private_server) as backend:
+        store = backend.queue
+        for _ in range(3):  # the queue exists, has settled ids and a reservation deadline ahead
+            await store.enqueue(message())
+            await store.ack((await reserve_one(backend)).receipt)
+        await store.enqueue(message())
+
+        before = calls(private_server)
+        await store.enqueue(message())
+        enqueue = delta(before, calls(private_server))
+        before = calls(private_server)
+        delivery = await reserve_one(backend)
+        reserve = delta(before, calls(private_server))
+        before = calls(private_server)
+        assert await store.ack(delivery.receipt)
+        ack = delta(before, calls(private_server))
+
+    # one EVALSHA each; no scan of a sorted set by score in any of them
+    for ran in (enqueue, reserve, ack):
+        assert ran.pop("evalsha") == 1
+    assert sum(enqueue.values()) <= 11, enqueue  # 19 before the gates
+    assert enqueue.get("zrange", 0) == 0, enqueue
+    assert sum(reserve.values()) <= 10, reserve  # 21 before
+    assert reserve.get("zrange", 0) == 1, reserve  # the ready entries themselves
+    assert sum(ack.values()) <= 9, ack
+    assert "zrange" not in ack, ack
+
+
+async def test_a_queue_written_before_the_gates_is_maintained() -> None:
+    async with fresh() as backend:
+        store = backend.queue
+        first = await store.enqueue(message())
+        await reserve_one(backend, visibility=5)
+        await forget_gates(backend)
+        await backend.clock.advance(6)
+        again = await reserve_one(backend)
+        assert (again.entry_id, again.attempt) == (first, 2)  # the lapsed reservation came back
+
+        await store.ack(again.receipt)
+        await forget_gates(backend)
+        await backend.clock.advance(2 * 3600)  # past entry_id_retention: the id is forgotten
+        assert await store.enqueue(message(), entry_id=first) == first
+        assert (await store.stats(QUEUE)).ready == 1
+
+
+async def test_a_gate_unknown_after_a_drop_is_found_again() -> None:
+    async with fresh() as backend:
+        store = backend.queue
+        await store.enqueue(message())
+        await store.drop_queue(QUEUE)
+        await store.enqueue(message())
+        await reserve_one(backend, visibility=2)
+        await backend.clock.advance(3)
+        assert (await reserve_one(backend)).attempt == 2
+
+
+async def test_every_earlier_deadline_lowers_the_gate() -> None:
+    async with fresh() as backend:
+        store = backend.queue
+        # a reservation for a minute sets the gate a minute ahead ...
+        await store.enqueue(message())
+        long = await reserve_one(backend, visibility=60)
+        # ... a delayed entry due in one second lowers it
+        soon = await store.enqueue(message(), delay=1)
+        await backend.clock.advance(1.5)
+        got = await reserve_one(backend)
+        assert got.entry_id == soon
+        # a nack with a short delay lowers it
+        assert await store.nack(got.receipt, delay=1)
+        await backend.clock.advance(1.5)
+        got = await reserve_one(backend)
+        assert (got.entry_id, got.attempt) == (soon, 2)
+        # extending a reservation to a shorter visibility lowers it
+        assert await store.extend(long.receipt, visibility_timeout=1)
+        await backend.clock.advance(1.5)
+        stats = await store.stats(QUEUE)
+        assert (stats.ready, stats.reserved) == (1, 1)  # the long one was reclaimed
+        # a ttl lowers it: the entry expires into the dead letters on time
+        await store.enqueue(message(ttl=1))
+        await backend.clock.advance(1.5)
+        stats = await store.stats(QUEUE)
+        assert stats.dead == 1
