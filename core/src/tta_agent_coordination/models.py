@@ -7,18 +7,17 @@ Messages travel as JSON only (``model_dump_json`` / ``model_validate_json``).
 
 from __future__ import annotations
 
-import os
-from collections import deque
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
-from typing import Annotated, Any, Final, Generic, Self, TypeVar, cast
+from typing import Annotated, Any, Generic, Self, TypeVar, cast
 
 import pydantic
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 from pydantic import Field, JsonValue, field_validator, model_validator
 
+from ._ids import new_id as _new_message_id
 from ._validation import NAME_PATTERN, Model
 from .errors import ValidationError
 
@@ -159,33 +158,6 @@ class MessageType(StrEnum):
     RESPONSE = "response"
     EVENT = "event"
     COMMAND = "command"
-
-
-#: Message ids made ahead, from one ``os.urandom`` call per ``_ID_BATCH`` (``uuid.uuid4()``
-#: costs a system call and a ``UUID`` object per id: about three times as long on the send
-#: path). ``deque.append``/``popleft`` are atomic, so threads never share an id; a forked
-#: child empties its copy, so parent and child never hand out the same one.
-_IDS: deque[str] = deque()
-_ID_BATCH: Final = 64
-_VARIANT: Final = "89ab" * 4  # RFC 4122 variant nibble (10xx) for any random nibble
-
-
-def _new_message_id() -> str:
-    """A random UUID4 as 32 hex digits (as ``uuid.uuid4().hex``)."""
-    try:
-        return _IDS.popleft()
-    except IndexError:
-        raw = os.urandom(16 * _ID_BATCH).hex()
-        _IDS.extend(
-            f"{raw[i : i + 12]}4{raw[i + 13 : i + 16]}{_VARIANT[int(raw[i + 16], 16)]}"
-            f"{raw[i + 17 : i + 32]}"
-            for i in range(32, len(raw), 32)
-        )
-        return f"{raw[:12]}4{raw[13:16]}{_VARIANT[int(raw[16], 16)]}{raw[17:32]}"
-
-
-if hasattr(os, "register_at_fork"):  # pragma: no branch  # every platform that can fork
-    os.register_at_fork(after_in_child=_IDS.clear)
 
 
 class AgentMessage(Model):

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import os
+import re
+import uuid
+import warnings
+
+import pytest
+
+from tta_agent_coordination._ids import new_id, new_token
+
+
+def test_ids_are_random_uuid4_hex_across_batches() -> None:
+    ids = [new_id() for _ in range(300)]  # several batches made ahead
+    assert len(set(ids)) == 300
+    for made in ids:
+        parsed = uuid.UUID(hex=made)
+        assert (parsed.version, parsed.variant, parsed.hex) == (4, uuid.RFC_4122, made)
+
+
+def test_tokens_are_16_hex_digits_and_unique_across_batches() -> None:
+    tokens = [new_token() for _ in range(300)]
+    assert len(set(tokens)) == 300
+    assert all(re.fullmatch(r"[0-9a-f]{16}", token) for token in tokens)
+    # Every hex digit turns up in every position (the first of a batch included).
+    for position in range(16):
+        assert len({token[position] for token in tokens}) > 8
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the platform cannot fork")
+def test_a_forked_child_never_repeats_its_parents_ids_or_tokens() -> None:
+    new_id()  # the parent now holds both made ahead
+    new_token()
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        # Python warns when a process with threads forks (another test's idle worker thread
+        # would do): the child here takes no lock, writes to a pipe and exits at once.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover  # the child (coverage does not follow it)
+        os.close(read_end)
+        made = [new_id() for _ in range(5)] + [new_token() for _ in range(5)]
+        os.write(write_end, ",".join(made).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child = set(pipe.read().decode().split(","))
+    os.waitpid(pid, 0)
+    parent = {new_id() for _ in range(5)} | {new_token() for _ in range(5)}
+    assert len(child) == 10
+    assert not child & parent
