@@ -36,15 +36,14 @@ import asyncio
 import json
 import math
 import re
-import secrets
 import time
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from tta_agent_coordination import checks
 from tta_agent_coordination._codec import decode_message, encode_message
+from tta_agent_coordination._ids import new_id, new_token
 from tta_agent_coordination.errors import InvalidReceiptError, QueueFullError, ValidationError
 from tta_agent_coordination.models import (
     AgentId,
@@ -253,7 +252,7 @@ class RedisQueueStore:
         seconds = 0.0 if delay is None else _check_duration(delay, "delay", positive=False)
         key = "" if dedup_key is None else _check_text(dedup_key, "dedup_key", _MAX_DEDUP)
         # Fixed before the first try: a retried enqueue (lost reply) writes nothing again.
-        ident = uuid.uuid4().hex if entry_id is None else _check_text(entry_id, "entry_id", _MAX_ID)
+        ident = new_id() if entry_id is None else _check_text(entry_id, "entry_id", _MAX_ID)
         attempts = (
             self._options.max_attempts
             if max_attempts is None
@@ -316,7 +315,7 @@ class RedisQueueStore:
     ) -> tuple[list[Delivery], float | None]:
         """One reserve script; the deliveries and the seconds until something is due."""
         name = str(agent_id)
-        tokens = [secrets.token_hex(8) for _ in range(count)]
+        tokens = [new_token() for _ in range(count)]
         reply = cast("list[Any]", await self._run("reserve", name, visibility_ms, count, *tokens))
         now, deadline, next_due = int(reply[0]), int(reply[1]), int(reply[2])
         deliveries: list[Delivery] = []
