@@ -46,10 +46,6 @@ def new_token() -> str:
         return raw[:16]
 
 
-def _forget() -> None:
-    _IDS.clear()
-    _TOKENS.clear()
-
-
 if hasattr(os, "register_at_fork"):  # pragma: no branch  # every platform that can fork
-    os.register_at_fork(after_in_child=_forget)
+    os.register_at_fork(after_in_child=_IDS.clear)
+    os.register_at_fork(after_in_child=_TOKENS.clear)
