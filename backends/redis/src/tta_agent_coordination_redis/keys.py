@@ -28,7 +28,7 @@ LAYOUT_VERSION: Final = "tta1"
 #: The per-queue keys, in the order the queue scripts take them (after the three namespace
 #: keys ``clock``, ``queues`` and ``idle``). ``docs/redis-layout.md`` explains each one.
 QUEUE_KEY_NAMES: Final = (
-    "info",  # HASH: seq, dseq, idle_ttl, idle_until
+    "info",  # HASH: seq, dseq, idle_ttl, idle_until, gates md, pn, wt
     "meta",  # HASH: entry id -> entry state (JSON)
     "body",  # HASH: entry id -> message JSON, stored once
     "ready",  # ZSET: ordering member -> priority and due time
@@ -42,6 +42,7 @@ QUEUE_KEY_NAMES: Final = (
     "dedup",  # HASH: dedup key -> entry id
     "dedupx",  # ZSET: dedup key -> end of its window (settled holders only)
     "wake",  # LIST: wake-up tokens a waiting consumer pops
+    "waiters",  # ZSET: "token|visibility ms" of a waiting consumer -> end of its wait
 )
 
 

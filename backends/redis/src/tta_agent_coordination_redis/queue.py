@@ -33,6 +33,7 @@ ready passes the wake-up on. An idle waiting consumer costs one blocked command.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import re
@@ -40,6 +41,8 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, cast
+
+import anyio
 
 from tta_agent_coordination import checks
 from tta_agent_coordination._codec import decode_message, encode_message
@@ -82,6 +85,10 @@ _RECEIPT = re.compile(
 _DUE_SLACK: Final = 0.002
 #: The shortest block: BLPOP's timeout 0 would mean "forever".
 _MIN_BLOCK: Final = 0.01
+#: The longest a waiter's registration lasts (ms; a wait is cut into blocks anyway).
+_MAX_WAIT_MS: Final = 2**31 - 1
+#: Seconds a cancelled waiting reserve spends leaving the waiters (shielded).
+_LEAVE_TIMEOUT: Final = 2.0
 
 
 def _fail(message: str) -> ValidationError:
@@ -310,33 +317,47 @@ class RedisQueueStore:
 
     # -- reserve ------------------------------------------------------------------------------
 
+    def _delivery(
+        self, agent_id: AgentId, entry_id: str, body: bytes | str, meta: dict[str, Any]
+    ) -> Delivery:
+        """A delivery from an entry the reserve or enqueue script reserved (our own data)."""
+        return Delivery.model_construct(
+            queue=agent_id,
+            entry_id=entry_id,
+            message=decode_message(body),
+            attempt=int(meta["a"]),
+            max_attempts=int(meta["m"]),
+            receipt=f"{RECEIPT_PREFIX}{agent_id}/{meta['t']}/{entry_id}",
+            enqueued_at=_ts(meta["e"]),
+            visible_at=_ts(meta["dl"]),
+            last_error=meta.get("l"),
+        )
+
     async def _reserve_now(
-        self, agent_id: AgentId, visibility_ms: int, count: int
+        self,
+        agent_id: AgentId,
+        visibility_ms: int,
+        count: int,
+        *,
+        waiter: str = "",
+        mode: str = "",
+        wait_ms: int = 0,
     ) -> tuple[list[Delivery], float | None]:
-        """One reserve script; the deliveries and the seconds until something is due."""
+        """One reserve script; the deliveries and the seconds until something is due.
+
+        ``waiter``/``mode``/``wait_ms``: the hand-off registration (``reserve.lua``).
+        """
         name = str(agent_id)
         tokens = [new_token() for _ in range(count)]
-        reply = cast("list[Any]", await self._run("reserve", name, visibility_ms, count, *tokens))
-        now, deadline, next_due = int(reply[0]), int(reply[1]), int(reply[2])
-        deliveries: list[Delivery] = []
-        visible_at = _ts(deadline)
-        prefix = f"{RECEIPT_PREFIX}{name}/"
-        for index in range(3, len(reply), 3):
-            entry_id = _text(reply[index])
-            meta = _json(reply[index + 2])
-            deliveries.append(
-                Delivery.model_construct(
-                    queue=agent_id,
-                    entry_id=entry_id,
-                    message=decode_message(reply[index + 1]),
-                    attempt=int(meta["a"]),
-                    max_attempts=int(meta["m"]),
-                    receipt=f"{prefix}{meta['t']}/{entry_id}",
-                    enqueued_at=_ts(meta["e"]),
-                    visible_at=visible_at,
-                    last_error=meta.get("l"),
-                )
-            )
+        reply = cast(
+            "list[Any]",
+            await self._run("reserve", name, visibility_ms, count, waiter, mode, wait_ms, *tokens),
+        )
+        now, next_due = int(reply[0]), int(reply[2])
+        deliveries = [
+            self._delivery(agent_id, _text(reply[i]), reply[i + 1], _json(reply[i + 2]))
+            for i in range(3, len(reply), 3)
+        ]
         due_in = None if next_due < 0 else max(0.0, (next_due - now) / 1000)
         return deliveries, due_in
 
@@ -352,7 +373,10 @@ class RedisQueueStore:
 
         Reclaims expired reservations first, promotes due delayed entries and dead-letters
         entries past their ttl, in the same script. With ``wait`` (real seconds) it blocks on
-        the queue's wake list until an entry is due, never polling.
+        the queue's wake list until an entry is due, never polling. On a single server a
+        waiting call also registers as a waiter: an enqueue of one entry then reserves it for
+        this call and hands it over on the call's own list, so the blocked ``BLPOP`` returns
+        the delivery itself (``docs/decisions/0005-redis-handoff.md``).
 
         Raises:
             ValidationError: A bad argument.
@@ -362,31 +386,102 @@ class RedisQueueStore:
         count = _check_int(max_messages, "max_messages", 1, _MAX_BATCH)
         waiting = 0.0 if wait is None else _check_duration(wait, "wait", positive=False)
         visibility_ms = _ms(visibility, positive=True)
+        if waiting == 0:
+            got, _ = await self._reserve_now(agent_id, visibility_ms, count)
+            return got
+        waiter = "" if self._connection.cluster else new_token()
+        got, due_in = await self._reserve_now(
+            agent_id,
+            visibility_ms,
+            count,
+            waiter=waiter,
+            mode="first",
+            wait_ms=min(_ms(waiting), _MAX_WAIT_MS),
+        )
+        if got:
+            return got
+        if not waiter:
+            return await self._wait(
+                agent_id, visibility_ms, count, waiting=waiting, due_in=due_in, waiter=""
+            )
+        try:
+            return await self._wait(
+                agent_id, visibility_ms, count, waiting=waiting, due_in=due_in, waiter=waiter
+            )
+        except BaseException:
+            # Cancelled (or failed) while registered: leave now, so that no entry is handed to
+            # a waiter that is gone, and give back what was handed to it meanwhile.
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(_LEAVE_TIMEOUT),
+                contextlib.suppress(Exception),  # the first error is the one to report
+            ):
+                handed, _ = await self._reserve_now(
+                    agent_id, visibility_ms, 0, waiter=waiter, mode="leave"
+                )
+                for delivery in handed:
+                    await self.release(delivery.receipt)
+            raise
+
+    async def _wait(
+        self,
+        agent_id: AgentId,
+        visibility_ms: int,
+        count: int,
+        *,
+        waiting: float,
+        due_in: float | None,
+        waiter: str,
+    ) -> list[Delivery]:
+        """Block until woken, handed an entry, due or ``waiting`` seconds are over."""
         give_up = time.monotonic() + waiting
-        wake_key = self._connection.keys.queue(str(agent_id), "wake")
+        keys = self._connection.keys
+        wake_key = keys.queue(str(agent_id), "wake")
+        hand_key = keys.queue(str(agent_id), f"hand:{waiter}") if waiter else None
         max_block = self._connection.max_block or math.inf
         while True:
-            got, due_in = await self._reserve_now(agent_id, visibility_ms, count)
-            if got or waiting == 0:
-                return got
             due_at = math.inf if due_in is None else time.monotonic() + due_in + _DUE_SLACK
             while True:  # block until woken or due; chunks that end quietly just block again
                 now = time.monotonic()
                 if now >= give_up:
-                    return []
+                    if not waiter:
+                        return []
+                    got, _ = await self._reserve_now(
+                        agent_id, visibility_ms, count, waiter=waiter, mode="leave"
+                    )
+                    return got
                 timeout = min(give_up - now, max(due_at - now, 0.0), max_block)
-                if await self._block(wake_key, max(timeout, _MIN_BLOCK)):
+                popped = await self._block(agent_id, wake_key, hand_key, max(timeout, _MIN_BLOCK))
+                if isinstance(popped, Delivery):
+                    return [popped]
+                if popped or time.monotonic() >= due_at:
                     break
-                if time.monotonic() >= due_at:
-                    break
+            got, due_in = await self._reserve_now(
+                agent_id, visibility_ms, count, waiter=waiter, mode="again"
+            )
+            if got:
+                return got
 
-    async def _block(self, wake_key: str, seconds: float) -> bool:
-        """Block on the queue's wake list; ``True`` if woken, ``False`` after ``seconds``."""
+    async def _block(
+        self, agent_id: AgentId, wake_key: str, hand_key: str | None, seconds: float
+    ) -> Delivery | bool:
+        """Block on the waiter's hand list and the queue's wake list, ``seconds`` at most.
+
+        Returns the delivery handed over, ``True`` if woken, ``False`` when the time is up.
+        """
+        keys = [wake_key] if hand_key is None else [hand_key, wake_key]
 
         async def pop(client: Redis) -> object:
-            return await client.blpop([wake_key], timeout=seconds)
+            return await client.blpop(keys, timeout=seconds)
 
-        return await self._connection.call(pop, what="reserve (waiting)") is not None
+        reply = await self._connection.call(pop, what="reserve (waiting)")
+        if reply is None:
+            return False
+        key, value = cast("tuple[bytes, bytes]", reply)
+        if hand_key is None or _text(key) != hand_key:
+            return True
+        entry_id, meta, body = cast("tuple[str, str, str]", json.loads(value))
+        return self._delivery(agent_id, entry_id, body, _json(meta))
 
     async def wake_all(self) -> None:
         """Wake every consumer waiting on this namespace's queues (after a clock change)."""

@@ -2,7 +2,7 @@
 --
 -- KEYS: 1 clock, 2 queues (index), 3 idle (namespace-wide), then the queue's own keys:
 -- 4 info, 5 meta, 6 body, 7 ready, 8 delayed, 9 reserved, 10 expiry, 11 dead, 12 deadinfo,
--- 13 settled, 14 acks, 15 dedup, 16 dedupx, 17 wake.
+-- 13 settled, 14 acks, 15 dedup, 16 dedupx, 17 wake, 18 waiters.
 -- ARGV: 1 queue name, 2 max_queue_length, 3 dedup_window ms, 4 dead_letter_max_age ms (-1:
 -- none), 5 dead_letter_max_length (-1: none), 6 entry_id_retention ms, 7 the clock offset in
 -- ms on Redis Cluster ('' on a single server); the operation's own arguments follow from
@@ -32,7 +32,7 @@ local K_CLOCK, K_QUEUES, K_IDLE = KEYS[1], KEYS[2], KEYS[3]
 local K_INFO, K_META, K_BODY = KEYS[4], KEYS[5], KEYS[6]
 local K_READY, K_DELAYED, K_RESERVED, K_EXPIRY = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local K_DEAD, K_DEADINFO, K_SETTLED, K_ACKS = KEYS[11], KEYS[12], KEYS[13], KEYS[14]
-local K_DEDUP, K_DEDUPX, K_WAKE = KEYS[15], KEYS[16], KEYS[17]
+local K_DEDUP, K_DEDUPX, K_WAKE, K_WAITERS = KEYS[15], KEYS[16], KEYS[17], KEYS[18]
 
 local NAME = ARGV[1]
 local MAX_LEN = tonumber(ARGV[2])
@@ -44,7 +44,7 @@ local CLUSTER = ARGV[7] ~= ''
 local OFFSET = tonumber(ARGV[7])
 
 local QUEUE_KEYS = {K_INFO, K_META, K_BODY, K_READY, K_DELAYED, K_RESERVED, K_EXPIRY, K_DEAD,
-  K_DEADINFO, K_SETTLED, K_ACKS, K_DEDUP, K_DEDUPX, K_WAKE}
+  K_DEADINFO, K_SETTLED, K_ACKS, K_DEDUP, K_DEDUPX, K_WAKE, K_WAITERS}
 
 -- 2^42 ms is the year 2109: priority bands of the ready score never overlap, and the score
 -- stays an exact integer in a double (below 2^53).
@@ -85,16 +85,18 @@ local function now_ms()
   return tta_now(K_CLOCK)
 end
 
--- The info fields (see above), loaded by load_info().
-local CREATED, IDLE_UNTIL, IDLE_TTL, PRUNE_AT, DUE_AT = false, -1, nil, nil, nil
+-- The info fields (see above), loaded by load_info(); WAIT_UNTIL (info.wt) is the latest end
+-- of a waiting consumer's registration (-1: none; see waiters below).
+local CREATED, IDLE_UNTIL, IDLE_TTL, PRUNE_AT, DUE_AT, WAIT_UNTIL = false, -1, nil, nil, nil, -1
 
 local function load_info()
-  local v = redis.call('HMGET', K_INFO, 'created', 'idle_until', 'idle_ttl', 'pn', 'md')
+  local v = redis.call('HMGET', K_INFO, 'created', 'idle_until', 'idle_ttl', 'pn', 'md', 'wt')
   CREATED = v[1] ~= false
   IDLE_UNTIL = v[2] and tonumber(v[2]) or -1
   IDLE_TTL = v[3] and tonumber(v[3]) or nil
   PRUNE_AT = v[4] and tonumber(v[4]) or nil
   DUE_AT = v[5] and tonumber(v[5]) or nil
+  WAIT_UNTIL = v[6] and tonumber(v[6]) or -1
 end
 
 local function exists()
@@ -159,7 +161,7 @@ local function drop_queue()
     redis.call('ZREM', K_QUEUES, NAME)
     redis.call('ZREM', K_IDLE, NAME)
   end
-  CREATED, IDLE_UNTIL, IDLE_TTL, PRUNE_AT, DUE_AT = false, -1, nil, nil, nil
+  CREATED, IDLE_UNTIL, IDLE_TTL, PRUNE_AT, DUE_AT, WAIT_UNTIL = false, -1, nil, nil, nil, -1
   return n
 end
 
@@ -408,4 +410,35 @@ local function current(token, id, now)
     return nil
   end
   return m
+end
+
+-- Hand-off to a waiting consumer (docs/decisions/0005-redis-handoff.md; single server only).
+-- A consumer about to block registers "token|visibility ms" in K_WAITERS, scored by the end of
+-- its wait, and blocks on its own list K_WAKE's prefix .. 'hand:' .. token (and on K_WAKE).
+
+local function hand_key(token)
+  return string.sub(K_WAKE, 1, -5) .. 'hand:' .. token
+end
+
+-- Register a waiter until `until_` (dropping lapsed registrations on the way).
+local function register_waiter(member, until_, now)
+  redis.call('ZREMRANGEBYSCORE', K_WAITERS, '-inf', n2s(now))
+  redis.call('ZADD', K_WAITERS, n2s(until_), member)
+  if until_ > WAIT_UNTIL then
+    WAIT_UNTIL = until_
+    redis.call('HSET', K_INFO, 'wt', n2s(until_))
+  end
+end
+
+-- The oldest live registration, taken out of the set ({token, visibility ms}), or nil.
+local function take_waiter(now)
+  local live = redis.call('ZRANGE', K_WAITERS, '(' .. n2s(now), '+inf', 'BYSCORE', 'LIMIT', 0, 1)
+  if #live == 0 then
+    WAIT_UNTIL = -1
+    redis.call('HSET', K_INFO, 'wt', '-1')
+    return nil
+  end
+  redis.call('ZREM', K_WAITERS, live[1])
+  local sep = string.find(live[1], '|', 1, true)
+  return {string.sub(live[1], 1, sep - 1), tonumber(string.sub(live[1], sep + 1))}
 end

@@ -43,7 +43,39 @@ if #fresh > 0 and over_cap(#fresh) then
 end
 local created = create()
 touch(now)
-if #fresh > 0 then
+-- One new entry due now, a consumer registered as waiting, nothing ready before it and nothing
+-- due by the gate: the entry is reserved for that consumer and handed to it on its own list
+-- (docs/decisions/0005-redis-handoff.md). Its blocked BLPOP returns the delivery itself.
+local handed = false
+if #fresh == 1 and WAIT_UNTIL > now and not CLUSTER and tonumber(ARGV[fresh[1] + 3]) == 0
+    and DUE_AT and (DUE_AT < 0 or DUE_AT > now) and redis.call('ZCARD', K_READY) == 0 then
+  local waiter = take_waiter(now)
+  if waiter then
+    handed = true
+    local b = fresh[1]
+    local id, key, ttl = ARGV[b], ARGV[b + 4], tonumber(ARGV[b + 6])
+    local token, visibility = waiter[1], waiter[2]
+    local m = {p = tonumber(ARGV[b + 2]), a = 1, m = tonumber(ARGV[b + 5]), e = now, s = 'v',
+      t = token, dl = now + visibility, q = redis.call('HINCRBY', K_INFO, 'seq', 1)}
+    if ttl >= 0 then  -- a reserved entry stays out of the expiry set (as reserve leaves it)
+      m.ttl = ttl
+      m.x = now + ttl
+    end
+    if key ~= '' then
+      m.k = key
+      redis.call('HSET', K_DEDUP, key, id)
+    end
+    local raw = cjson.encode(m)
+    redis.call('HSET', K_BODY, id, ARGV[b + 1])
+    redis.call('HSET', K_META, id, raw)
+    redis.call('ZADD', K_RESERVED, n2s(m.dl), id)
+    due_by(m.dl)
+    local hand = hand_key(token)
+    redis.call('RPUSH', hand, cjson.encode({id, raw, ARGV[b + 1]}))
+    redis.call('PEXPIRE', hand, visibility)  -- nobody popped it by then: the entry is reclaimed
+  end
+end
+if #fresh > 0 and not handed then
   -- The new entries' writes go out as one variadic command per structure (what admit() and
   -- push_due() do for one entry, for the whole batch): sequence numbers are taken in one step.
   local first = redis.call('HINCRBY', K_INFO, 'seq', #fresh) - #fresh
@@ -100,7 +132,7 @@ if #fresh > 0 then
     due_by(soonest)
   end
 end
-if #fresh > 0 then
+if #fresh > 0 and not handed then
   wake()
 end
 local out = {1, created and 1 or 0}

@@ -1,5 +1,9 @@
--- Reserve up to ARGV[9] due entries for ARGV[8] ms; ARGV[10...] one fresh token per entry.
--- Returns {now, deadline, next due (-1: none), id, body, meta, id, body, meta, ...}.
+-- Reserve up to ARGV[9] due entries for ARGV[8] ms. ARGV[10] a waiter token ('' for none),
+-- ARGV[11] what the waiter does: 'first' (register until ARGV[12] ms from now if nothing is
+-- taken), 'again' (take what was handed to it; stay registered if nothing is taken) or 'leave'
+-- (take what was handed to it, then leave); ARGV[13...] one fresh token per entry.
+-- Returns {now, deadline, next due (-1: none), id, body, meta, id, body, meta, ...}; the entries
+-- handed to the waiter come first (each with its own deadline, in its meta's dl).
 --#include _queue
 load_info()
 local now = now_ms()
@@ -11,49 +15,81 @@ prune(now)
 maintain_due(now)
 local deadline = now + tonumber(ARGV[8])
 local count = tonumber(ARGV[9])
--- One more than asked for: whether more is ready after this batch, without a ZCARD.
-local members = redis.call('ZRANGE', K_READY, 0, count)
-local more = #members > count
-members[count + 1] = nil
+local waiter, mode = ARGV[10], ARGV[11]
 local out = {n2s(now), n2s(deadline), '-1'}
-if #members > 0 then
-  -- One variadic command per structure for the whole batch, not five per entry.
-  local ids = {}
-  for i, member in ipairs(members) do
-    ids[i] = string.sub(member, 13)
-  end
-  local metas = redis.call('HMGET', K_META, unpack(ids))
-  local bodies = redis.call('HMGET', K_BODY, unpack(ids))
-  redis.call('ZREM', K_READY, unpack(members))
-  local fields, scores, expiring = {}, {}, {}
-  for i, id in ipairs(ids) do
-    local m = cjson.decode(metas[i])
-    if m.x then
-      expiring[#expiring + 1] = id
+local taken = 0
+if waiter ~= '' and mode ~= 'first' then
+  -- Entries handed to this waiter since it last looked (its block ended before it popped them).
+  local hand = hand_key(waiter)
+  local items = redis.call('LRANGE', hand, 0, -1)
+  if #items > 0 then
+    redis.call('DEL', hand)
+    for _, item in ipairs(items) do
+      local d = cjson.decode(item)
+      local m = get_meta(d[1])
+      if m and m.s == 'v' and m.t == waiter and m.dl > now then  -- still its reservation
+        out[#out + 1] = d[1]
+        out[#out + 1] = d[3]
+        out[#out + 1] = cjson.encode(m)
+        taken = taken + 1
+      end
     end
-    m.s = 'v'
-    m.t = ARGV[9 + i]
-    m.dl = deadline
-    local raw = cjson.encode(m)
-    fields[#fields + 1] = id
-    fields[#fields + 1] = raw
-    scores[#scores + 1] = n2s(deadline)
-    scores[#scores + 1] = id
-    out[#out + 1] = id
-    out[#out + 1] = bodies[i]
-    out[#out + 1] = raw
   end
-  if #expiring > 0 then
-    redis.call('ZREM', K_EXPIRY, unpack(expiring))
-  end
-  redis.call('HSET', K_META, unpack(fields))
-  redis.call('ZADD', K_RESERVED, unpack(scores))
-  due_by(deadline)
 end
-if more then
-  wake()  -- more is ready: pass the wake-up on to the next waiting consumer
-else
-  redis.call('DEL', K_WAKE)  -- nothing ready: a left-over wake-up would only wake a waiter idly
+local want = count - taken
+if want > 0 then
+  -- One more than asked for: whether more is ready after this batch, without a ZCARD.
+  local members = redis.call('ZRANGE', K_READY, 0, want)
+  local more = #members > want
+  members[want + 1] = nil
+  if #members > 0 then
+    -- One variadic command per structure for the whole batch, not five per entry.
+    local ids = {}
+    for i, member in ipairs(members) do
+      ids[i] = string.sub(member, 13)
+    end
+    local metas = redis.call('HMGET', K_META, unpack(ids))
+    local bodies = redis.call('HMGET', K_BODY, unpack(ids))
+    redis.call('ZREM', K_READY, unpack(members))
+    local fields, scores, expiring = {}, {}, {}
+    for i, id in ipairs(ids) do
+      local m = cjson.decode(metas[i])
+      if m.x then
+        expiring[#expiring + 1] = id
+      end
+      m.s = 'v'
+      m.t = ARGV[12 + i]
+      m.dl = deadline
+      local raw = cjson.encode(m)
+      fields[#fields + 1] = id
+      fields[#fields + 1] = raw
+      scores[#scores + 1] = n2s(deadline)
+      scores[#scores + 1] = id
+      out[#out + 1] = id
+      out[#out + 1] = bodies[i]
+      out[#out + 1] = raw
+    end
+    if #expiring > 0 then
+      redis.call('ZREM', K_EXPIRY, unpack(expiring))
+    end
+    redis.call('HSET', K_META, unpack(fields))
+    redis.call('ZADD', K_RESERVED, unpack(scores))
+    due_by(deadline)
+    taken = taken + #members
+  end
+  if more then
+    wake()  -- more is ready: pass the wake-up on to the next waiting consumer
+  else
+    redis.call('DEL', K_WAKE)  -- nothing ready: a left-over wake-up would only wake a waiter idly
+  end
+end
+if waiter ~= '' and not CLUSTER then
+  local member = waiter .. '|' .. ARGV[8]
+  if mode == 'leave' or (mode == 'again' and taken > 0) then
+    redis.call('ZREM', K_WAITERS, member)
+  elseif mode == 'first' and taken == 0 then
+    register_waiter(member, now + tonumber(ARGV[12]), now)
+  end
 end
 out[3] = n2s(DUE_AT or -1)  -- the gate: never later than the first deadline
 return out

@@ -1,0 +1,216 @@
+"""Hand-off: an enqueue reserves the new entry for a waiting consumer and hands it over.
+
+``docs/decisions/0005-redis-handoff.md``: a waiting ``reserve`` registers in the queue's
+``waiters`` set and blocks on its own hand list and the wake list; an enqueue of one entry due
+now, with nothing ready before it, reserves the entry for the oldest live waiter and pushes the
+delivery to that waiter's list. These tests pin what a user can see (the delivery, its
+visibility, round trips) and every way a waiter leaves: handed, timed out, cancelled, gone.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import anyio
+import anyio.lowlevel
+import pytest
+import redis as sync_redis
+
+from redis_helpers import REDIS_URL
+from tta_agent_coordination import connect
+from tta_agent_coordination.models import AgentId, AgentMessage, Delivery, EnqueueRequest
+from tta_agent_coordination_redis import RedisBackend
+
+pytestmark = pytest.mark.anyio
+
+QUEUE = AgentId("hand", "q")
+SENDER = AgentId("hand", "sender")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@asynccontextmanager
+async def fresh(url: str = REDIS_URL) -> AsyncGenerator[RedisBackend]:
+    namespace = f"t{uuid.uuid4().hex[:16]}"
+    async with connect(url, namespace=namespace) as backend:
+        assert isinstance(backend, RedisBackend)
+        try:
+            yield backend
+        finally:
+            await backend.drop_namespace()
+
+
+def message(n: int = 0) -> AgentMessage:
+    return AgentMessage(sender=SENDER, recipient=QUEUE, payload={"n": n})
+
+
+def key(backend: RedisBackend, name: str) -> str:
+    return backend.connection.keys.queue(str(QUEUE), name)
+
+
+async def waiters(backend: RedisBackend) -> int:
+    name = key(backend, "waiters")
+    return int(await backend.connection.call(lambda c: c.zcard(name), what="test"))
+
+
+async def hand_keys(backend: RedisBackend) -> list[str]:
+    pattern = key(backend, "hand:*")
+    found = await backend.connection.call(lambda c: c.keys(pattern), what="test")
+    return [k.decode() for k in cast("list[bytes]", found)]
+
+
+async def until_registered(backend: RedisBackend, n: int = 1) -> None:
+    """Wait (bounded) until ``n`` consumers are registered as waiting (a read per look)."""
+    with anyio.fail_after(5):
+        while await waiters(backend) < n:
+            await anyio.lowlevel.checkpoint()
+
+
+async def register(backend: RedisBackend, waiter: str, visibility_ms: int = 30_000) -> None:
+    """Register a waiter as a waiting reserve does, without blocking (a consumer that is gone)."""
+    got, _ = await backend.queue._reserve_now(  # pyright: ignore[reportPrivateUsage]
+        QUEUE, visibility_ms, 1, waiter=waiter, mode="first", wait_ms=60_000
+    )
+    assert got == []
+
+
+def evalsha_calls(url: str) -> int:
+    with sync_redis.Redis.from_url(url) as client:
+        stats = cast("dict[str, dict[str, Any]]", client.info("commandstats"))
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_a_waiting_consumer_gets_the_new_entry_without_another_script(
+    private_server: str,
+) -> None:
+    async with fresh(private_server) as backend:
+        store = backend.queue
+        await store.enqueue(message(-1))  # the queue exists
+        first = await store.reserve(QUEUE, visibility_timeout=30)
+        await store.ack(first[0].receipt)
+        got: list[Delivery] = []
+        sent_at, before, entry_id = 0.0, 0, ""
+
+        async def consume() -> None:
+            got.extend(await store.reserve(QUEUE, visibility_timeout=7, wait=10))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            await until_registered(backend)
+            before = evalsha_calls(private_server)
+            sent_at = time.time()
+            entry_id = await store.enqueue(message(1))
+        after = evalsha_calls(private_server)
+
+        assert after - before == 1  # the enqueue's script only: the consumer ran none
+        (delivery,) = got
+        assert (delivery.entry_id, delivery.attempt, delivery.message.payload) == (
+            entry_id,
+            1,
+            {"n": 1},
+        )
+        # reserved for the waiter's own visibility (7 s), from the enqueue
+        assert 6 < delivery.visible_at.timestamp() - sent_at < 8
+        stats = await store.stats(QUEUE)
+        assert (stats.ready, stats.reserved) == (0, 1)
+        assert await store.ack(delivery.receipt)
+        assert await waiters(backend) == 0
+        assert await hand_keys(backend) == []
+
+
+async def test_a_handed_entry_is_collected_when_the_wait_ends_first() -> None:
+    async with fresh() as backend:
+        store = backend.queue
+        await store.enqueue(message(-1))
+        await store.ack((await store.reserve(QUEUE, visibility_timeout=30))[0].receipt)
+        await register(backend, "ab" * 8)
+        entry_id = await store.enqueue(message(1))  # handed to a waiter not blocked right now
+        assert (await store.stats(QUEUE)).reserved == 1
+        got, _ = await store._reserve_now(  # pyright: ignore[reportPrivateUsage]
+            QUEUE, 30_000, 1, waiter="ab" * 8, mode="leave"
+        )
+        assert [d.entry_id for d in got] == [entry_id]
+        assert await store.ack(got[0].receipt)
+        assert await waiters(backend) == 0
+        assert await hand_keys(backend) == []
+
+
+async def test_an_entry_handed_to_a_waiter_that_is_gone_comes_back_after_its_visibility() -> None:
+    async with fresh() as backend:
+        store = backend.queue
+        await store.enqueue(message(-1))
+        await store.ack((await store.reserve(QUEUE, visibility_timeout=30))[0].receipt)
+        await register(backend, "cd" * 8, visibility_ms=2_000)
+        entry_id = await store.enqueue(message(1))
+        (hand,) = await hand_keys(backend)
+        ttl = await backend.connection.call(lambda c: c.pttl(hand), what="test")
+        assert 0 < int(ttl) <= 2_000  # the list goes when the reservation lapses
+        assert await store.reserve(QUEUE, visibility_timeout=30) == []
+        await backend.clock.advance(3)
+        (again,) = await store.reserve(QUEUE, visibility_timeout=30)
+        assert (again.entry_id, again.attempt) == (entry_id, 2)
+
+
+async def test_a_cancelled_waiting_reserve_leaves_the_waiters() -> None:
+    async with fresh() as backend:
+        store = backend.queue
+        await store.enqueue(message(-1))
+        await store.ack((await store.reserve(QUEUE, visibility_timeout=30))[0].receipt)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: store.reserve(QUEUE, visibility_timeout=30, wait=30))
+            await until_registered(backend)
+            tg.cancel_scope.cancel()
+        assert await waiters(backend) == 0
+        await store.enqueue(message(1))
+        stats = await store.stats(QUEUE)
+        assert (stats.ready, stats.reserved) == (1, 0)  # nobody waits: not handed
+
+
+async def test_only_one_new_entry_due_now_with_nothing_ready_is_handed() -> None:
+    async with fresh() as backend:
+        store = backend.queue
+        await store.enqueue(message(-1))
+        await store.ack((await store.reserve(QUEUE, visibility_timeout=30))[0].receipt)
+        await register(backend, "ef" * 8)
+        await store.enqueue_many(
+            [EnqueueRequest(message=message(i)) for i in range(2)]
+        )  # a batch goes the usual way
+        await store.enqueue(message(2), delay=60)  # so does a delayed entry
+        await store.enqueue(message(3))  # and one that would jump the ready ones
+        stats = await store.stats(QUEUE)
+        assert (stats.ready, stats.delayed, stats.reserved) == (3, 1, 0)
+        assert await waiters(backend) == 1  # still registered, nothing handed
+        # the waiter takes the oldest ready entry, in order, when it looks again
+        got, _ = await store._reserve_now(  # pyright: ignore[reportPrivateUsage]
+            QUEUE, 30_000, 1, waiter="ef" * 8, mode="again"
+        )
+        assert [d.message.payload for d in got] == [{"n": 0}]
+        assert await waiters(backend) == 0
+
+
+async def test_many_waiting_consumers_are_each_handed_one() -> None:
+    async with fresh() as backend:
+        store = backend.queue
+        await store.enqueue(message(-1))
+        await store.ack((await store.reserve(QUEUE, visibility_timeout=30))[0].receipt)
+        got: list[Delivery] = []
+        sent: list[str] = []
+
+        async def consume() -> None:
+            got.extend(await store.reserve(QUEUE, visibility_timeout=30, wait=10))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(consume)
+            await until_registered(backend, 3)
+            sent.extend([await store.enqueue(message(i)) for i in range(3)])
+        assert sorted(d.entry_id for d in got) == sorted(sent)
+        assert len({d.receipt for d in got}) == 3
+        assert await store.ack_many([d.receipt for d in got]) == [True] * 3
