@@ -19,7 +19,7 @@ import redis as sync_redis
 
 from redis_helpers import REDIS_URL
 from tta_agent_coordination import connect
-from tta_agent_coordination.models import AgentId, AgentMessage, Delivery
+from tta_agent_coordination.models import AgentId, AgentMessage, Delivery, EnqueueRequest
 from tta_agent_coordination_redis import RedisBackend
 
 pytestmark = pytest.mark.anyio
@@ -160,3 +160,26 @@ async def test_every_earlier_deadline_lowers_the_gate() -> None:
         await backend.clock.advance(1.5)
         stats = await store.stats(QUEUE)
         assert stats.dead == 1
+
+
+async def test_a_batch_costs_a_fixed_number_of_commands(private_server: str) -> None:
+    """enqueue_many, reserve(max_messages), ack_many: one command per structure, not per entry."""
+    async with fresh(private_server) as backend:
+        store = backend.queue
+        await store.enqueue(message())  # the queue exists and has a settled id
+        await store.ack((await reserve_one(backend)).receipt)
+
+        before = calls(private_server)
+        await store.enqueue_many([EnqueueRequest(message=message()) for _ in range(50)])
+        enqueue = delta(before, calls(private_server))
+        before = calls(private_server)
+        deliveries = await store.reserve(QUEUE, visibility_timeout=30, max_messages=50)
+        reserve = delta(before, calls(private_server))
+        before = calls(private_server)
+        assert await store.ack_many([d.receipt for d in deliveries]) == [True] * 50
+        ack = delta(before, calls(private_server))
+
+    assert len(deliveries) == 50
+    for ran in (enqueue, reserve, ack):
+        assert ran.pop("evalsha") == 1
+        assert sum(ran.values()) <= 12, ran  # 2 to 4 per entry before the batch reads

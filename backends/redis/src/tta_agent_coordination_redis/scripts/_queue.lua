@@ -400,8 +400,12 @@ local function prune(now)
 end
 
 -- The current reservation for (token, id), or nil. An expired one is reclaimed on the spot.
-local function current(token, id, now)
-  local m = get_meta(id)
+-- `raw`: the entry's meta, when the caller read it already (false: no entry).
+local function current(token, id, now, raw)
+  if raw == nil then
+    raw = redis.call('HGET', K_META, id)
+  end
+  local m = raw and cjson.decode(raw) or nil
   if not m or m.s ~= 'v' or m.t ~= token then
     return nil
   end

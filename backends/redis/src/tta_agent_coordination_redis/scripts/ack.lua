@@ -16,9 +16,14 @@ local now = now_ms()
 -- repeat of its receipt (answered 1, as a repeated ack is) and, to any other receipt of it,
 -- stale (answered 0, as before).
 local acked, settled, tokens, expiring = {}, {}, {}, {}
+local ids = {}
+for i = 1, n do
+  ids[i] = ARGV[8 + 2 * i]
+end
+local metas = redis.call('HMGET', K_META, unpack(ids))  -- one read for the whole batch
 for i = 1, n do
   local token, id = ARGV[7 + 2 * i], ARGV[8 + 2 * i]
-  local m = current(token, id, now)
+  local m = current(token, id, now, metas[i])
   if m then
     if not tokens[id] then
       tokens[id] = token

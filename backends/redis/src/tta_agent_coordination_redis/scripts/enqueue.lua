@@ -12,6 +12,19 @@ prune(now)
 local n = tonumber(ARGV[8])
 local plan, fresh = {}, {}
 local batch_ids, batch_keys = {}, {}
+-- Which entry ids are taken (live, dead or settled): one command per structure for the whole
+-- batch, none for a queue that does not exist or (settled) when the prune gate says it is empty.
+local held, settled = {}, {}
+if CREATED then
+  local ids = {}
+  for i = 0, n - 1 do
+    ids[i + 1] = ARGV[9 + i * 7]
+  end
+  held = redis.call('HMGET', K_META, unpack(ids))
+  if PRUNE_AT ~= -1 then
+    settled = redis.call('ZMSCORE', K_SETTLED, unpack(ids))
+  end
+end
 for i = 0, n - 1 do
   local b = 9 + i * 7
   local id, key = ARGV[b], ARGV[b + 4]
@@ -19,7 +32,7 @@ for i = 0, n - 1 do
     key = nil
   end
   local found = nil
-  if redis.call('HEXISTS', K_META, id) == 1 or redis.call('ZSCORE', K_SETTLED, id) then
+  if held[i + 1] or settled[i + 1] then
     found = id
   elseif key then
     found = redis.call('HGET', K_DEDUP, key) or nil
