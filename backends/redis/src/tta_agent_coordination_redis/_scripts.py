@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any, Final, cast
@@ -73,7 +74,8 @@ _HELPER: Final = re.compile(
 
 
 #: A Lua line comment (names in comments are not uses).
-_COMMENT: Final = re.compile(r"--.*$", re.M)
+_COMMENT: Final = re.compile(r"--.*$", re.MULTILINE)
+_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _drop_unused(text: str) -> str:
@@ -81,16 +83,30 @@ def _drop_unused(text: str) -> str:
 
     A shared prelude defines every helper of its family, and Lua makes a closure of each one on
     every run of the script: a helper the script never calls costs time on every call. Removal
-    repeats until no unused helper is left (one may only be used by another unused one).
+    repeats until no unused helper is left (one may only be used by another unused one). Names
+    are counted once over the text and once per helper, so this stays linear in the text.
     """
-    while True:
-        for match in _HELPER.finditer(text):
-            rest = text[: match.start()] + text[match.end() :]
-            if re.search(rf"\b{match.group(1)}\b", _COMMENT.sub("", rest)) is None:
-                text = rest
-                break
-        else:
-            return text
+    uses = Counter(_NAME.findall(_COMMENT.sub("", text)))
+    helpers = [
+        (m.group(1), m.start(), m.end(), Counter(_NAME.findall(_COMMENT.sub("", m.group(0)))))
+        for m in _HELPER.finditer(text)
+    ]
+    dropped: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        for index, (name, _, _, own) in enumerate(helpers):
+            if index not in dropped and uses[name] == own[name]:  # used only by itself
+                dropped.add(index)
+                uses.subtract(own)
+                changed = True
+    kept, last = [], 0
+    for index, (_, start, end, _) in enumerate(helpers):
+        if index in dropped:
+            kept.append(text[last:start])
+            last = end
+    kept.append(text[last:])
+    return "".join(kept)
 
 
 class Script:
