@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import re
 import time
@@ -45,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import anyio
 
 from tta_agent_coordination import checks
-from tta_agent_coordination._codec import decode_message, encode_message
+from tta_agent_coordination._codec import decode_message, encode_message, loads, trusted_delivery
 from tta_agent_coordination._ids import new_id, new_token
 from tta_agent_coordination.errors import InvalidReceiptError, QueueFullError, ValidationError
 from tta_agent_coordination.models import (
@@ -166,7 +165,7 @@ def _text(value: bytes | str) -> str:
 
 
 def _json(value: bytes | str) -> dict[str, Any]:
-    return cast("dict[str, Any]", json.loads(value))
+    return cast("dict[str, Any]", loads(value))
 
 
 class RedisQueueStore:
@@ -321,7 +320,7 @@ class RedisQueueStore:
         self, agent_id: AgentId, entry_id: str, body: bytes | str, meta: dict[str, Any]
     ) -> Delivery:
         """A delivery from an entry the reserve or enqueue script reserved (our own data)."""
-        return Delivery.model_construct(
+        return trusted_delivery(
             queue=agent_id,
             entry_id=entry_id,
             message=decode_message(body),
@@ -480,7 +479,7 @@ class RedisQueueStore:
         key, value = cast("tuple[bytes, bytes]", reply)
         if hand_key is None or _text(key) != hand_key:
             return True
-        entry_id, meta, body = cast("tuple[str, str, str]", json.loads(value))
+        entry_id, meta, body = cast("tuple[str, str, str]", loads(value))
         return self._delivery(agent_id, entry_id, body, _json(meta))
 
     async def wake_all(self) -> None:
