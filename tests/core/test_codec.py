@@ -146,10 +146,25 @@ def test_an_unknown_python_validator_leaves_no_native_validator() -> None:
             return check(value)
 
     schema = Checked.__pydantic_core_schema__
-    assert _codec._stored_validator(schema, {}) is None
-    native = _codec._stored_validator(schema, {cast("object", Checked._n): _codec._inner})
+    assert _codec._stored_validator(schema, {}, [Checked]) is None
+    native = _codec._stored_validator(
+        schema, {cast("object", Checked._n): _codec._inner}, [Checked]
+    )
     assert native is not None
     assert same(native.validate_json('{"n": 3}'), Checked(n=3))
+    assert Checked.__pydantic_complete__
+
+
+def test_the_stored_message_validator_is_native() -> None:
+    """Built as the copy, not the models' own validators (which pydantic-core would reuse)."""
+    assert _codec._STORED is not None
+    assert AgentMessage.__pydantic_complete__
+    assert AgentId.__pydantic_complete__
+    for changes in ({"sender": "a:1"}, {"priority": 7.0}, {"created_at": "2026-01-01T12:00:00"}):
+        with pytest.raises(pydantic.ValidationError):  # the models' validators accept these
+            _codec._STORED.validate_json(stored(**changes))
+    data = stored()
+    assert same(_codec._STORED.validate_json(data), AgentMessage.model_validate_json(data))
 
 
 def test_trusted_delivery_is_model_construct() -> None:

@@ -8,10 +8,11 @@ the drivers' reserve paths.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, cast
 
+import pydantic
 import pydantic_core
 
 from .errors import MessageTooLargeError, ValidationError
@@ -90,23 +91,37 @@ def _inner(node: dict[str, Any]) -> Any:
     return node["schema"]
 
 
+def _stored_validator(
+    schema: Any,
+    swaps: Mapping[object, Callable[[dict[str, Any]], Any]],
+    models: Sequence[type[pydantic.BaseModel]],
+) -> pydantic_core.SchemaValidator | None:
+    """The validator of :func:`_native`'s copy; ``None`` if a Python function is unknown.
+
+    pydantic-core reuses a complete model's own validator for a ``model`` node, Python
+    validators and all, so ``models`` (those the schema builds) are marked incomplete while
+    the copy is built, then restored (a moment at import: nothing validates through the
+    flag, it only tells schema builders whether a class's validator may be reused).
+    """
+    try:
+        native = _native(schema, swaps)
+    except LookupError:  # a validator added to the models without a native stand-in here
+        return None
+    complete = [model.__pydantic_complete__ for model in models]
+    try:
+        for model in models:
+            model.__pydantic_complete__ = False
+        return pydantic_core.SchemaValidator(native)
+    finally:
+        for model, flag in zip(models, complete, strict=True):
+            model.__pydantic_complete__ = flag
+
+
 #: ``AgentMessage``'s own schema, for JSON input only, with its Python validators swapped for
 #: native checks that accept a subset of what they accept (and give the same result on it):
 #: an id given as a JSON object (never as a ``"type:instance"`` string), a priority given as a
 #: JSON integer (never a bool, a float or a string), an aware ``created_at``. That subset is
 #: everything :func:`encode_message` writes; anything else goes to the full validation.
-
-
-def _stored_validator(
-    schema: Any, swaps: Mapping[object, Callable[[dict[str, Any]], Any]]
-) -> pydantic_core.SchemaValidator | None:
-    """The validator of :func:`_native`'s copy; ``None`` if a Python function is unknown."""
-    try:
-        return pydantic_core.SchemaValidator(_native(schema, swaps))
-    except LookupError:  # a validator added to the models without a native stand-in here
-        return None
-
-
 _STORED: Final = _stored_validator(
     AgentMessage.__pydantic_core_schema__,
     {
@@ -114,6 +129,7 @@ _STORED: Final = _stored_validator(
         cast("object", AgentMessage._no_bool_priority): _strict_int,
         _aware: _aware_datetime,
     },
+    (AgentMessage, AgentId),
 )
 
 
