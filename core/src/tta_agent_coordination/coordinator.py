@@ -91,6 +91,7 @@ from .metrics import (
     REQUEST_DURATION,
     RESPONSES_LATE,
     MetricsSink,
+    NoopMetrics,
 )
 from .models import (
     AgentId,
@@ -292,6 +293,8 @@ class MessageCoordinator:
         self._queue = backend.queue
         self._policy = RetryPolicy() if retry_policy is None else retry_policy
         self._metrics = metrics
+        # The default sink does nothing: the hot paths then skip building its labels.
+        self._counting = type(metrics) is not NoopMetrics
         self._middleware = tuple(middleware)
         self._registry: AgentDirectory | None = registry
         uid = uuid.uuid4().hex
@@ -547,19 +550,21 @@ class MessageCoordinator:
             entry_id=entry_id,
             max_attempts=max_attempts,
         )
-        self._metrics.increment(
-            MESSAGES_SENT,
-            labels={"queue": str(message.recipient), "message_type": str(message.message_type)},
-        )
-        log_message(
-            logger,
-            logging.DEBUG,
-            message,
-            message.recipient,
-            "sent a %s message",
-            message.message_type,
-            entry_id=entry,
-        )
+        if self._counting:
+            self._metrics.increment(
+                MESSAGES_SENT,
+                labels={"queue": str(message.recipient), "message_type": str(message.message_type)},
+            )
+        if logger.isEnabledFor(logging.DEBUG):
+            log_message(
+                logger,
+                logging.DEBUG,
+                message,
+                message.recipient,
+                "sent a %s message",
+                message.message_type,
+                entry_id=entry,
+            )
         return entry
 
     async def broadcast(
@@ -818,9 +823,10 @@ class MessageCoordinator:
             queue, visibility_timeout=visibility_timeout, max_messages=max_messages, wait=wait
         )
         if deliveries:
-            self._metrics.increment(
-                DELIVERIES_RESERVED, float(len(deliveries)), {"queue": str(queue)}
-            )
+            if self._counting:
+                self._metrics.increment(
+                    DELIVERIES_RESERVED, float(len(deliveries)), {"queue": str(queue)}
+                )
             if logger.isEnabledFor(logging.DEBUG):
                 for delivery in deliveries:
                     log_delivery(logger, logging.DEBUG, delivery, "reserved")
@@ -864,7 +870,7 @@ class MessageCoordinator:
         """
         receipt, queue, attempt = self._target(agent_id, token)
         done = await self._queue.ack(receipt)
-        if done:
+        if done and self._counting:
             self._metrics.increment(DELIVERIES_ACKED, labels={"queue": str(queue)})
         self._log_settled(agent_id, queue, attempt, done, "acked")
         return done
@@ -873,7 +879,7 @@ class MessageCoordinator:
         """Ack deliveries of one queue in one round trip (the worker loop's acks)."""
         results = await self._queue.ack_many([delivery.receipt for delivery in deliveries])
         acked = sum(results)
-        if acked:
+        if acked and self._counting:
             self._metrics.increment(DELIVERIES_ACKED, float(acked), {"queue": str(queue)})
         debug = logger.isEnabledFor(logging.DEBUG)
         for delivery, done in zip(deliveries, results, strict=True):
