@@ -16,6 +16,15 @@ def test_ids_are_random_uuid4_hex_across_batches() -> None:
     for made in ids:
         parsed = uuid.UUID(hex=made)
         assert (parsed.version, parsed.variant, parsed.hex) == (4, uuid.RFC_4122, made)
+    # Every other digit stays random: all values turn up in every free position.
+    for position in range(32):
+        seen = {made[position] for made in ids}
+        if position == 12:
+            assert seen == {"4"}
+        elif position == 16:
+            assert seen == set("89ab")
+        else:
+            assert len(seen) > 8
 
 
 def test_tokens_are_16_hex_digits_and_unique_across_batches() -> None:
