@@ -273,7 +273,8 @@ class RedisQueueStore:
         reply = cast("list[Any]", await self._run("enqueue", name, len(items), *flat))
         if int(reply[0]) == 0:
             raise QueueFullError(name, self._options.max_queue_length)
-        await self._indexed(name, created=int(reply[1]) == 1)
+        if self._connection.cluster:
+            await self._indexed(name, created=int(reply[1]) == 1)
         return [_text(v) for v in reply[2:]]
 
     async def enqueue(
@@ -317,16 +318,19 @@ class RedisQueueStore:
     # -- reserve ------------------------------------------------------------------------------
 
     def _delivery(
-        self, agent_id: AgentId, entry_id: str, body: bytes | str, meta: dict[str, Any]
+        self, agent_id: AgentId, name: str, entry_id: str, body: bytes | str, meta: dict[str, Any]
     ) -> Delivery:
-        """A delivery from an entry the reserve or enqueue script reserved (our own data)."""
+        """A delivery from an entry the reserve or enqueue script reserved (our own data).
+
+        ``name`` is ``str(agent_id)``, made once per reply.
+        """
         return trusted_delivery(
             queue=agent_id,
             entry_id=entry_id,
             message=decode_message(body),
             attempt=int(meta["a"]),
             max_attempts=int(meta["m"]),
-            receipt=f"{RECEIPT_PREFIX}{agent_id}/{meta['t']}/{entry_id}",
+            receipt=f"{RECEIPT_PREFIX}{name}/{meta['t']}/{entry_id}",
             enqueued_at=_ts(meta["e"]),
             visible_at=_ts(meta["dl"]),
             last_error=meta.get("l"),
@@ -354,7 +358,7 @@ class RedisQueueStore:
         )
         now, next_due = int(reply[0]), int(reply[2])
         deliveries = [
-            self._delivery(agent_id, _text(reply[i]), reply[i + 1], _json(reply[i + 2]))
+            self._delivery(agent_id, name, _text(reply[i]), reply[i + 1], _json(reply[i + 2]))
             for i in range(3, len(reply), 3)
         ]
         due_in = None if next_due < 0 else max(0.0, (next_due - now) / 1000)
@@ -480,7 +484,7 @@ class RedisQueueStore:
         if hand_key is None or _text(key) != hand_key:
             return True
         entry_id, meta, body = cast("tuple[str, str, str]", loads(value))
-        return self._delivery(agent_id, entry_id, body, _json(meta))
+        return self._delivery(agent_id, str(agent_id), entry_id, body, _json(meta))
 
     async def wake_all(self) -> None:
         """Wake every consumer waiting on this namespace's queues (after a clock change)."""
