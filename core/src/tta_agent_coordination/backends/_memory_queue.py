@@ -29,9 +29,7 @@ Decisions beyond the contract (see ``docs/decisions``):
 from __future__ import annotations
 
 import heapq
-import os
 import re
-import secrets
 from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict, deque
 from collections.abc import Sequence
@@ -41,7 +39,8 @@ from typing import TYPE_CHECKING, Final
 import anyio
 
 from .. import checks
-from .._codec import decode_message, encode_message
+from .._codec import decode_message, encode_message, trusted_delivery
+from .._ids import new_id, new_token
 from ..errors import InvalidReceiptError, QueueFullError, ValidationError
 from ..models import (
     AgentId,
@@ -78,12 +77,8 @@ _RECEIPT = re.compile(
 )
 
 
-def _new_entry_id() -> str:
-    """A random (version 4) UUID as 32 hex digits, as ``uuid.uuid4().hex`` but faster."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    return raw.hex()
+#: A random (version 4) UUID as 32 hex digits, as ``uuid.uuid4().hex`` but faster.
+_new_entry_id: Final = new_id
 
 
 def _ts(seconds: float) -> datetime:
@@ -719,7 +714,7 @@ class MemoryQueueStore:
                 continue
             entry.state = _RESERVED
             entry.version = version + 1
-            entry.token = secrets.token_hex(8)
+            entry.token = new_token()
             entry.deadline = deadline
             heapq.heappush(queue.reserved, (deadline, entry.seq, version + 1, entry))
             taken.append(entry)
@@ -729,7 +724,7 @@ class MemoryQueueStore:
         visible_at = _ts(deadline)
         prefix = f"{_RECEIPT_PREFIX}{queue.name}/"
         return [
-            Delivery(
+            trusted_delivery(  # the store's own, already validated data
                 queue=queue.agent_id,
                 entry_id=entry.entry_id,
                 message=decode_message(entry.body),
