@@ -513,8 +513,9 @@ class RedisQueueStore:
         Raises:
             InvalidReceiptError: ``receipt`` is malformed.
         """
-        (result,) = await self.ack_many([receipt])
-        return result
+        name, token, entry_id = _parse_receipt(receipt)  # ack_many of one, without the batch
+        reply = cast("list[Any]", await self._run("ack", name, 1, token, entry_id))
+        return int(reply[0]) == 1
 
     async def ack_many(self, receipts: Sequence[str]) -> list[bool]:
         """Ack several receipts of one queue in one script; one bool per receipt.
