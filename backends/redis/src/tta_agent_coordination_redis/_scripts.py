@@ -73,8 +73,8 @@ _HELPER: Final = re.compile(
 )
 
 
-#: A Lua line comment (names in comments are not uses).
-_COMMENT: Final = re.compile(r"--.*$", re.MULTILINE)
+#: A Lua line comment or a one-line string literal (names in either are not uses).
+_COMMENT: Final = re.compile(r"--.*$|'[^'\n]*'|\"[^\"\n]*\"", re.MULTILINE)
 _NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -100,7 +100,8 @@ def _drop_unused(text: str) -> str:
                 dropped.add(index)
                 uses.subtract(own)
                 changed = True
-    kept, last = [], 0
+    kept: list[str] = []
+    last = 0
     for index, (_, start, end, _) in enumerate(helpers):
         if index in dropped:
             kept.append(text[last:start])

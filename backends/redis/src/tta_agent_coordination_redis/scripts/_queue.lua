@@ -50,8 +50,35 @@ local QUEUE_KEYS = {K_INFO, K_META, K_BODY, K_READY, K_DELAYED, K_RESERVED, K_EX
 -- stays an exact integer in a double (below 2^53).
 local BAND = 4398046511104
 
+-- Times and scores are whole numbers below 2^53: '%d' prints them exactly, and far cheaper
+-- than '%.0f' (which formats a large double digit by digit) or cjson's '%.14g'.
 local function n2s(x)
-  return string.format('%.0f', x)
+  return string.format('%d', x)
+end
+
+-- An entry's meta as JSON (what cjson.encode gives, keys in a fixed order, numbers as '%d').
+local function encode_meta(m)
+  local out = string.format('{"p":%d,"a":%d,"m":%d,"q":%d,"e":%d,"s":"%s"', m.p, m.a, m.m, m.q,
+    m.e, m.s)
+  if m.t then
+    out = out .. ',"t":' .. cjson.encode(m.t)
+  end
+  if m.dl then
+    out = out .. string.format(',"dl":%d', m.dl)
+  end
+  if m.ttl then
+    out = out .. string.format(',"ttl":%d', m.ttl)
+  end
+  if m.x then
+    out = out .. string.format(',"x":%d', m.x)
+  end
+  if m.k then
+    out = out .. ',"k":' .. cjson.encode(m.k)
+  end
+  if m.l then
+    out = out .. ',"l":' .. cjson.encode(m.l)
+  end
+  return out .. '}'
 end
 
 -- Run `cmd key ...items` in chunks (unpack has a stack limit).
@@ -70,7 +97,7 @@ local function get_meta(id)
 end
 
 local function put_meta(id, m)
-  redis.call('HSET', K_META, id, cjson.encode(m))
+  redis.call('HSET', K_META, id, encode_meta(m))
 end
 
 local function ready_member(id, m)
@@ -199,180 +226,235 @@ local function create()
   return true
 end
 
-local function settle(id, token, now)
-  redis.call('ZADD', K_SETTLED, n2s(now + RETENTION), id)
-  redis.call('HSET', K_ACKS, id, token)
-  prune_by(now + RETENTION)
-end
+-- The maintenance family (settling, dead-lettering, handing back, reclaiming) is made on first
+-- use: Lua makes a closure of every function a script defines, on every run, and with the gates
+-- most calls never need these. family() defines them (as f_*) in the runs that do; the
+-- wrappers below, the only names the scripts use, call into it (by string keys, so that a
+-- script that calls none of them leaves family() out: load_script drops unused helpers).
+local FAMILY = nil
+local function family()
+  if FAMILY then
+    return FAMILY
+  end
+  local function f_settle(id, token, now)
+    redis.call('ZADD', K_SETTLED, n2s(now + RETENTION), id)
+    redis.call('HSET', K_ACKS, id, token)
+    prune_by(now + RETENTION)
+  end
 
-local function release_dedup(id, m, now)
-  local key = m.k
-  if not key then
-    return
-  end
-  if redis.call('HGET', K_DEDUP, key) ~= id then
-    return
-  end
-  if DEDUP_WINDOW <= 0 then
-    redis.call('HDEL', K_DEDUP, key)
-  else
-    redis.call('ZADD', K_DEDUPX, n2s(now + DEDUP_WINDOW), key)
-    prune_by(now + DEDUP_WINDOW)
-  end
-end
-
--- Take the entry out of whichever live structure holds it.
-local function unlink(id, m)
-  if m.s == 'r' then
-    redis.call('ZREM', K_READY, ready_member(id, m))
-  elseif m.s == 'd' then
-    redis.call('ZREM', K_DELAYED, id)
-  elseif m.s == 'v' then
-    redis.call('ZREM', K_RESERVED, id)
-  end
-  if m.x then
-    redis.call('ZREM', K_EXPIRY, id)
-  end
-end
-
-local function forget(id)
-  redis.call('HDEL', K_META, id)
-  redis.call('HDEL', K_BODY, id)
-end
-
-local function drop_dead(id, now)
-  redis.call('ZREM', K_DEAD, id)
-  redis.call('HDEL', K_DEADINFO, id)
-  forget(id)
-  settle(id, '', now)
-end
-
-local function trim_dead(now)
-  if DL_MAX_LEN >= 0 then
-    local extra = redis.call('ZCARD', K_DEAD) - DL_MAX_LEN
-    if extra > 0 then
-      local ids = redis.call('ZRANGE', K_DEAD, 0, extra - 1)
-      for _, id in ipairs(ids) do
-        drop_dead(id, now)
-      end
-    end
-  end
-  if DL_MAX_AGE >= 0 then
-    while true do
-      local first = redis.call('ZRANGE', K_DEAD, 0, 0)
-      if #first == 0 then
-        break
-      end
-      local info = cjson.decode(redis.call('HGET', K_DEADINFO, first[1]))
-      if info.at + DL_MAX_AGE > now then
-        break
-      end
-      drop_dead(first[1], now)
-    end
-  end
-end
-
-local function to_dead(id, m, reason, err, attempts, now)
-  unlink(id, m)
-  if err then
-    m.l = err
-  end
-  m.s = 'x'
-  m.t = nil
-  m.dl = nil
-  put_meta(id, m)
-  local dseq = redis.call('HINCRBY', K_INFO, 'dseq', 1)
-  redis.call('ZADD', K_DEAD, dseq, id)
-  redis.call('HSET', K_DEADINFO, id,
-    cjson.encode({r = reason, l = m.l, n = attempts, at = now}))
-  release_dedup(id, m, now)
-  trim_dead(now)
-end
-
--- Make an unlinked entry ready at `due` or delayed until it.
-local function push_due(id, m, due, now)
-  m.t = nil
-  m.dl = nil
-  if due > now then
-    m.s = 'd'
-    redis.call('ZADD', K_DELAYED, n2s(due), id)
-    due_by(due)
-  else
-    m.s = 'r'
-    redis.call('ZADD', K_READY, n2s((9 - m.p) * BAND + due), ready_member(id, m))
-  end
-  put_meta(id, m)
-end
-
--- Hand a reserved entry back, due at `due`; an entry past its ttl dies instead.
-local function give_back(id, m, due, now)
-  redis.call('ZREM', K_RESERVED, id)
-  if m.x then
-    if m.x <= now then
-      m.s = 'r'  -- not reserved any more
-      m.t = nil
-      to_dead(id, m, 'expired', nil, m.a - 1, now)
+  local function f_release_dedup(id, m, now)
+    local key = m.k
+    if not key then
       return
     end
-    redis.call('ZADD', K_EXPIRY, n2s(m.x), id)
-    due_by(m.x)
-  end
-  push_due(id, m, due, now)
-end
-
--- Add a fresh (or replayed) entry: enqueued now, due after `delay`.
-local function admit(id, m, now, delay)
-  m.q = redis.call('HINCRBY', K_INFO, 'seq', 1)
-  m.e = now
-  if m.ttl then
-    m.x = now + m.ttl
-    redis.call('ZADD', K_EXPIRY, n2s(m.x), id)
-    due_by(m.x)
-  else
-    m.x = nil
-  end
-  push_due(id, m, now + delay, now)
-end
-
-local function exhaust(id, m, now)
-  to_dead(id, m, 'max_attempts', nil, m.a, now)
-end
-
--- Reclaim expired reservations, promote due delayed entries, expire ttl'd ones.
--- Returns how many reservations were reclaimed.
-local function maintain(now)
-  local reclaimed = 0
-  local expired = redis.call('ZRANGE', K_RESERVED, '-inf', n2s(now), 'BYSCORE', 'WITHSCORES')
-  for i = 1, #expired, 2 do
-    local id, deadline = expired[i], tonumber(expired[i + 1])
-    local m = get_meta(id)
-    reclaimed = reclaimed + 1
-    if m.a >= m.m then
-      exhaust(id, m, now)
+    if redis.call('HGET', K_DEDUP, key) ~= id then
+      return
+    end
+    if DEDUP_WINDOW <= 0 then
+      redis.call('HDEL', K_DEDUP, key)
     else
-      m.a = m.a + 1
-      give_back(id, m, deadline, now)
+      redis.call('ZADD', K_DEDUPX, n2s(now + DEDUP_WINDOW), key)
+      prune_by(now + DEDUP_WINDOW)
     end
   end
-  local due = redis.call('ZRANGE', K_DELAYED, '-inf', n2s(now), 'BYSCORE', 'WITHSCORES')
-  for i = 1, #due, 2 do
-    local id, at = due[i], tonumber(due[i + 1])
-    local m = get_meta(id)
-    redis.call('ZREM', K_DELAYED, id)
-    m.s = 'r'
-    redis.call('ZADD', K_READY, n2s((9 - m.p) * BAND + at), ready_member(id, m))
+
+  -- Take the entry out of whichever live structure holds it.
+  local function f_unlink(id, m)
+    if m.s == 'r' then
+      redis.call('ZREM', K_READY, ready_member(id, m))
+    elseif m.s == 'd' then
+      redis.call('ZREM', K_DELAYED, id)
+    elseif m.s == 'v' then
+      redis.call('ZREM', K_RESERVED, id)
+    end
+    if m.x then
+      redis.call('ZREM', K_EXPIRY, id)
+    end
+  end
+
+  local function f_forget(id)
+    redis.call('HDEL', K_META, id)
+    redis.call('HDEL', K_BODY, id)
+  end
+
+  local function f_drop_dead(id, now)
+    redis.call('ZREM', K_DEAD, id)
+    redis.call('HDEL', K_DEADINFO, id)
+    f_forget(id)
+    f_settle(id, '', now)
+  end
+
+  local function f_trim_dead(now)
+    if DL_MAX_LEN >= 0 then
+      local extra = redis.call('ZCARD', K_DEAD) - DL_MAX_LEN
+      if extra > 0 then
+        local ids = redis.call('ZRANGE', K_DEAD, 0, extra - 1)
+        for _, id in ipairs(ids) do
+          f_drop_dead(id, now)
+        end
+      end
+    end
+    if DL_MAX_AGE >= 0 then
+      while true do
+        local first = redis.call('ZRANGE', K_DEAD, 0, 0)
+        if #first == 0 then
+          break
+        end
+        local info = cjson.decode(redis.call('HGET', K_DEADINFO, first[1]))
+        if info.at + DL_MAX_AGE > now then
+          break
+        end
+        f_drop_dead(first[1], now)
+      end
+    end
+  end
+
+  local function f_to_dead(id, m, reason, err, attempts, now)
+    f_unlink(id, m)
+    if err then
+      m.l = err
+    end
+    m.s = 'x'
+    m.t = nil
+    m.dl = nil
+    put_meta(id, m)
+    local dseq = redis.call('HINCRBY', K_INFO, 'dseq', 1)
+    redis.call('ZADD', K_DEAD, dseq, id)
+    redis.call('HSET', K_DEADINFO, id,
+      cjson.encode({r = reason, l = m.l, n = attempts, at = now}))
+    f_release_dedup(id, m, now)
+    f_trim_dead(now)
+  end
+
+  -- Make an unlinked entry ready at `due` or delayed until it.
+  local function f_push_due(id, m, due, now)
+    m.t = nil
+    m.dl = nil
+    if due > now then
+      m.s = 'd'
+      redis.call('ZADD', K_DELAYED, n2s(due), id)
+      due_by(due)
+    else
+      m.s = 'r'
+      redis.call('ZADD', K_READY, n2s((9 - m.p) * BAND + due), ready_member(id, m))
+    end
     put_meta(id, m)
   end
-  local dying = redis.call('ZRANGE', K_EXPIRY, '-inf', n2s(now), 'BYSCORE')
-  for _, id in ipairs(dying) do
-    local m = get_meta(id)
-    to_dead(id, m, 'expired', nil, m.a - 1, now)
+
+  -- Hand a reserved entry back, due at `due`; an entry past its ttl dies instead.
+  local function f_give_back(id, m, due, now)
+    redis.call('ZREM', K_RESERVED, id)
+    if m.x then
+      if m.x <= now then
+        m.s = 'r'  -- not reserved any more
+        m.t = nil
+        f_to_dead(id, m, 'expired', nil, m.a - 1, now)
+        return
+      end
+      redis.call('ZADD', K_EXPIRY, n2s(m.x), id)
+      due_by(m.x)
+    end
+    f_push_due(id, m, due, now)
   end
-  if CREATED then
-    DUE_AT = earliest({K_DELAYED, K_RESERVED, K_EXPIRY})
-    redis.call('HSET', K_INFO, 'md', n2s(DUE_AT))
+
+  -- Add a fresh (or replayed) entry: enqueued now, due after `delay`.
+  local function f_admit(id, m, now, delay)
+    m.q = redis.call('HINCRBY', K_INFO, 'seq', 1)
+    m.e = now
+    if m.ttl then
+      m.x = now + m.ttl
+      redis.call('ZADD', K_EXPIRY, n2s(m.x), id)
+      due_by(m.x)
+    else
+      m.x = nil
+    end
+    f_push_due(id, m, now + delay, now)
   end
-  return reclaimed
+
+  local function f_exhaust(id, m, now)
+    f_to_dead(id, m, 'max_attempts', nil, m.a, now)
+  end
+
+  -- Reclaim expired reservations, promote due delayed entries, expire ttl'd ones.
+  -- Returns how many reservations were reclaimed.
+  local function f_maintain(now)
+    local reclaimed = 0
+    local expired = redis.call('ZRANGE', K_RESERVED, '-inf', n2s(now), 'BYSCORE', 'WITHSCORES')
+    for i = 1, #expired, 2 do
+      local id, deadline = expired[i], tonumber(expired[i + 1])
+      local m = get_meta(id)
+      reclaimed = reclaimed + 1
+      if m.a >= m.m then
+        f_exhaust(id, m, now)
+      else
+        m.a = m.a + 1
+        f_give_back(id, m, deadline, now)
+      end
+    end
+    local due = redis.call('ZRANGE', K_DELAYED, '-inf', n2s(now), 'BYSCORE', 'WITHSCORES')
+    for i = 1, #due, 2 do
+      local id, at = due[i], tonumber(due[i + 1])
+      local m = get_meta(id)
+      redis.call('ZREM', K_DELAYED, id)
+      m.s = 'r'
+      redis.call('ZADD', K_READY, n2s((9 - m.p) * BAND + at), ready_member(id, m))
+      put_meta(id, m)
+    end
+    local dying = redis.call('ZRANGE', K_EXPIRY, '-inf', n2s(now), 'BYSCORE')
+    for _, id in ipairs(dying) do
+      local m = get_meta(id)
+      f_to_dead(id, m, 'expired', nil, m.a - 1, now)
+    end
+    if CREATED then
+      DUE_AT = earliest({K_DELAYED, K_RESERVED, K_EXPIRY})
+      redis.call('HSET', K_INFO, 'md', n2s(DUE_AT))
+    end
+    return reclaimed
+  end
+
+  FAMILY = {
+    ['release_dedup'] = f_release_dedup,
+    ['drop_dead'] = f_drop_dead,
+    ['trim_dead'] = f_trim_dead,
+    ['to_dead'] = f_to_dead,
+    ['give_back'] = f_give_back,
+    ['admit'] = f_admit,
+    ['exhaust'] = f_exhaust,
+    ['maintain'] = f_maintain
+  }
+  return FAMILY
+end
+
+local function release_dedup(...)
+  return family()['release_dedup'](...)
+end
+
+local function drop_dead(...)
+  return family()['drop_dead'](...)
+end
+
+local function trim_dead(...)
+  return family()['trim_dead'](...)
+end
+
+local function to_dead(...)
+  return family()['to_dead'](...)
+end
+
+local function give_back(...)
+  return family()['give_back'](...)
+end
+
+local function admit(...)
+  return family()['admit'](...)
+end
+
+local function exhaust(...)
+  return family()['exhaust'](...)
+end
+
+local function maintain(...)
+  return family()['maintain'](...)
 end
 
 -- maintain() when something may be due by now (the gate), else nothing: returns the same.

@@ -78,7 +78,7 @@ if #fresh == 1 and WAIT_UNTIL > now and not CLUSTER and tonumber(ARGV[fresh[1] +
       m.k = key
       redis.call('HSET', K_DEDUP, key, id)
     end
-    local raw = cjson.encode(m)
+    local raw = encode_meta(m)
     redis.call('HSET', K_BODY, id, ARGV[b + 1])
     redis.call('HSET', K_META, id, raw)
     redis.call('ZADD', K_RESERVED, n2s(m.dl), id)
@@ -125,7 +125,7 @@ if #fresh > 0 and not handed then
       m.s = 'r'
       push(ready, n2s((9 - m.p) * BAND + due), ready_member(id, m))
     end
-    push(metas, id, cjson.encode(m))
+    push(metas, id, encode_meta(m))
   end
   if #dedup > 0 then
     redis.call('HSET', K_DEDUP, unpack(dedup))

@@ -30,7 +30,7 @@ if waiter ~= '' and mode ~= 'first' then
       if m and m.s == 'v' and m.t == waiter and m.dl > now then  -- still its reservation
         out[#out + 1] = d[1]
         out[#out + 1] = d[3]
-        out[#out + 1] = cjson.encode(m)
+        out[#out + 1] = encode_meta(m)
         taken = taken + 1
       end
     end
@@ -60,7 +60,7 @@ if want > 0 then
       m.s = 'v'
       m.t = ARGV[12 + i]
       m.dl = deadline
-      local raw = cjson.encode(m)
+      local raw = encode_meta(m)
       fields[#fields + 1] = id
       fields[#fields + 1] = raw
       scores[#scores + 1] = n2s(deadline)
