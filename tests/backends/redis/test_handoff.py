@@ -22,6 +22,7 @@ import redis as sync_redis
 
 from redis_helpers import REDIS_URL
 from tta_agent_coordination import connect
+from tta_agent_coordination.errors import BackendUnavailableError
 from tta_agent_coordination.models import AgentId, AgentMessage, Delivery, EnqueueRequest
 from tta_agent_coordination_redis import RedisBackend
 
@@ -214,3 +215,91 @@ async def test_many_waiting_consumers_are_each_handed_one() -> None:
         assert sorted(d.entry_id for d in got) == sorted(sent)
         assert len({d.receipt for d in got}) == 3
         assert await store.ack_many([d.receipt for d in got]) == [True] * 3
+
+
+async def test_concurrent_producers_and_waiting_consumers_lose_and_repeat_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Producers racing five waiting consumers: every message is handled exactly once.
+
+    First three producers send 150 messages at once (the queue is rarely empty: mostly the wake
+    list), then one sends 50, each once a consumer is registered as waiting (each one handed
+    over). The consumers are cancelled while they wait at the end: they leave the waiters.
+    """
+    async with fresh() as backend:
+        store = backend.queue
+        sent: list[str] = []
+        handled: list[str] = []
+        handed_over: list[Delivery] = []
+        total = 200
+        block = store._block  # pyright: ignore[reportPrivateUsage]
+
+        async def counting(*args: Any) -> Delivery | bool:
+            popped = await block(*args)
+            if isinstance(popped, Delivery):
+                handed_over.append(popped)
+            return popped
+
+        monkeypatch.setattr(store, "_block", counting)
+
+        async def produce(first: int) -> None:
+            sent.extend([await store.enqueue(message(i)) for i in range(first, 150, 3)])
+
+        async def consume(scope: anyio.CancelScope) -> None:
+            while True:
+                for delivery in await store.reserve(QUEUE, visibility_timeout=30, wait=5):
+                    handled.append(delivery.entry_id)
+                    assert await store.ack(delivery.receipt)
+                    if len(handled) == total:
+                        scope.cancel()
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as consumers:
+                for _ in range(5):
+                    consumers.start_soon(consume, consumers.cancel_scope)
+                async with anyio.create_task_group() as producers:
+                    for first in range(3):
+                        producers.start_soon(produce, first)
+                for i in range(150, total):
+                    await until_registered(backend)
+                    sent.append(await store.enqueue(message(i)))
+
+        assert sorted(handled) == sorted(sent)  # nothing lost, nothing handled twice
+        assert len(handed_over) >= 40, len(handed_over)  # the hand-off, not only the wake list
+        stats = await store.stats(QUEUE)
+        assert (stats.ready, stats.reserved, stats.delayed) == (0, 0, 0)
+        assert await waiters(backend) == 0  # the cancelled ones left
+        assert await hand_keys(backend) == []
+
+
+async def test_a_failed_first_reserve_is_reported_without_trying_to_leave(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with fresh() as backend:
+        store = backend.queue
+        modes: list[str] = []
+
+        async def failing(*args: Any, mode: str = "", **kwargs: Any) -> Any:
+            modes.append(mode)
+            raise BackendUnavailableError("redis unreachable for reserve (test)")
+
+        monkeypatch.setattr(store, "_reserve_now", failing)
+        with pytest.raises(BackendUnavailableError, match="test"):
+            await store.reserve(QUEUE, visibility_timeout=30, wait=5)
+        assert modes == ["first"]  # no 'leave' sent to a server that is not answering
+
+
+async def test_a_failed_wait_leaves_the_waiters(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with fresh() as backend:
+        store = backend.queue
+        await store.enqueue(message(-1))
+        await store.ack((await store.reserve(QUEUE, visibility_timeout=30))[0].receipt)
+
+        async def failing(*args: Any) -> Any:
+            assert await waiters(backend) == 1  # registered before it blocks
+            raise BackendUnavailableError("the block failed (test)")
+
+        monkeypatch.setattr(store, "_block", failing)
+        with pytest.raises(BackendUnavailableError, match="test"):
+            await store.reserve(QUEUE, visibility_timeout=30, wait=5)
+        assert await waiters(backend) == 0

@@ -46,7 +46,12 @@ import anyio
 from tta_agent_coordination import checks
 from tta_agent_coordination._codec import decode_message, encode_message, loads, trusted_delivery
 from tta_agent_coordination._ids import new_id, new_token
-from tta_agent_coordination.errors import InvalidReceiptError, QueueFullError, ValidationError
+from tta_agent_coordination.errors import (
+    CoordinationError,
+    InvalidReceiptError,
+    QueueFullError,
+    ValidationError,
+)
 from tta_agent_coordination.models import (
     AgentId,
     AgentMessage,
@@ -393,27 +398,35 @@ class RedisQueueStore:
             got, _ = await self._reserve_now(agent_id, visibility_ms, count)
             return got
         waiter = "" if self._connection.cluster else new_token()
-        got, due_in = await self._reserve_now(
-            agent_id,
-            visibility_ms,
-            count,
-            waiter=waiter,
-            mode="first",
-            wait_ms=min(_ms(waiting), _MAX_WAIT_MS),
-        )
-        if got:
-            return got
         if not waiter:
+            got, due_in = await self._reserve_now(agent_id, visibility_ms, count)
+            if got:
+                return got
             return await self._wait(
                 agent_id, visibility_ms, count, waiting=waiting, due_in=due_in, waiter=""
             )
+        registered = False
         try:
+            got, due_in = await self._reserve_now(
+                agent_id,
+                visibility_ms,
+                count,
+                waiter=waiter,
+                mode="first",
+                wait_ms=min(_ms(waiting), _MAX_WAIT_MS),
+            )
+            if got:
+                return got
+            registered = True
             return await self._wait(
                 agent_id, visibility_ms, count, waiting=waiting, due_in=due_in, waiter=waiter
             )
-        except BaseException:
-            # Cancelled (or failed) while registered: leave now, so that no entry is handed to
-            # a waiter that is gone, and give back what was handed to it meanwhile.
+        except BaseException as exc:
+            if not registered and isinstance(exc, CoordinationError):
+                raise  # the first script failed: the server is not there to leave (it lapses)
+            # Cancelled (or failed) while registered, or maybe registered (cancelled while the
+            # first script ran): leave now, so that no entry is handed to a waiter that is gone,
+            # and give back what was handed to it meanwhile.
             with (
                 anyio.CancelScope(shield=True),
                 anyio.move_on_after(_LEAVE_TIMEOUT),
