@@ -569,3 +569,47 @@ async def test_translate_turns_error_replies_into_backend_errors() -> None:
     with pytest.raises(BackendError, match="WRONGTYPE"):
         async with translate("test"):
             raise sync_redis.ResponseError("WRONGTYPE")
+
+
+@pytest.mark.parametrize(
+    ("reply", "refused"),
+    [
+        ({"redis_version": "6.0.20"}, True),
+        ({"node-1": {"redis_version": "5.0.14"}}, True),  # a cluster's reply, by node
+        ({"redis_version": "6.2.0"}, False),
+        ({"redis_version": "7.2.4"}, False),  # Valkey reports its Redis compatibility level
+        ({"redis_version": "unknown"}, False),
+        ({}, False),
+    ],
+)
+async def test_a_server_older_than_6_2_is_refused(
+    monkeypatch: pytest.MonkeyPatch, reply: dict[str, Any], refused: bool
+) -> None:
+    async with fresh() as backend:
+
+        async def info(section: str | None = None) -> dict[str, Any]:
+            assert section == "server"
+            return reply
+
+        monkeypatch.setattr(backend.connection.client, "info", info)
+        if refused:
+            with pytest.raises(BackendError, match=r"too old for this driver: it needs 6\.2"):
+                await backend.queue.stats(QUEUE)
+            with pytest.raises(BackendError, match="too old"):  # every call, not only the first
+                await backend.queue.stats(QUEUE)
+        else:
+            assert (await backend.queue.stats(QUEUE)).live == 0
+        monkeypatch.undo()  # drop_namespace at the end runs on the real server
+
+
+async def test_a_server_whose_info_is_disabled_is_not_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with fresh() as backend:
+
+        async def info(section: str | None = None) -> dict[str, Any]:
+            raise sync_redis.ResponseError("unknown command 'INFO'")
+
+        monkeypatch.setattr(backend.connection.client, "info", info)
+        assert (await backend.queue.stats(QUEUE)).live == 0
+        monkeypatch.undo()

@@ -50,7 +50,7 @@ from redis.asyncio import connection as redis_connection
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tta_agent_coordination.errors import BackendConfigWarning, ValidationError
+from tta_agent_coordination.errors import BackendConfigWarning, BackendError, ValidationError
 from tta_agent_coordination.settings import BackendOptions
 
 from ._errors import boundary
@@ -80,6 +80,23 @@ _CLIENT_OPTIONS: Final[dict[str, Callable[[str], object]]] = {
     "ssl_keyfile": str,
     "ssl_cert_reqs": str,
 }
+
+
+#: The oldest server the scripts run on (they use ``ZMSCORE``, new in Redis 6.2).
+MIN_SERVER: Final = (6, 2)
+
+
+def _version(reply: object) -> tuple[int, int] | None:
+    """``(major, minor)`` from an ``INFO server`` reply (nested by node on a cluster)."""
+    while isinstance(reply, dict) and reply:
+        info = cast("dict[object, object]", reply)
+        if "redis_version" in info:
+            parts = str(info["redis_version"]).split(".")
+            if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+                return int(parts[0]), int(parts[1])
+            return None
+        reply = next(iter(info.values()))
+    return None
 
 
 def _policy(reply: object) -> str:
@@ -126,7 +143,8 @@ class Connection:
     async def _check_server(self) -> None:
         """Check the server once, on first use; concurrent first users wait for one check.
 
-        A cluster client learns its slots and reads the clock offset; then the driver warns
+        A cluster client learns its slots and reads the clock offset; a server older than
+        Redis 6.2 is refused (``BackendError``, on every call); then the driver warns
         when the server may evict keys (any ``maxmemory-policy`` but ``noeviction``).
         """
         async with self._first_use:
@@ -138,6 +156,17 @@ class Connection:
     async def _first_check(self) -> None:
         if self.cluster:
             await self.load_offset()
+        try:
+            version = _version(await self.client.info("server"))
+        except Exception:  # noqa: BLE001  # INFO may be renamed (managed Redis): not an error
+            version = None
+        if version is not None and version < MIN_SERVER:
+            found = ".".join(map(str, version))
+            msg = (
+                f"redis {found} is too old for this driver: it needs 6.2 or newer"
+                " (its scripts use ZMSCORE)"
+            )
+            raise BackendError(msg)
         try:
             policy = _policy(await self.client.config_get("maxmemory-policy"))
         except Exception:  # noqa: BLE001  # CONFIG may be disabled (managed Redis): not an error
