@@ -2,9 +2,10 @@
 
 ``docs/decisions/0005-redis-handoff.md``: a waiting ``reserve`` registers in the queue's
 ``waiters`` set and blocks on its own hand list and the wake list; an enqueue of one entry due
-now, with nothing ready before it, reserves the entry for the oldest live waiter and pushes the
-delivery to that waiter's list. These tests pin what a user can see (the delivery, its
-visibility, round trips) and every way a waiter leaves: handed, timed out, cancelled, gone.
+now, with nothing ready before it, reserves the entry for the live waiter whose wait ends
+first and pushes the delivery to that waiter's list. These tests pin what a user can see (the
+delivery, its visibility, round trips) and every way a waiter leaves: handed, timed out,
+cancelled, gone.
 """
 
 from __future__ import annotations

@@ -516,7 +516,7 @@ local function register_waiter(member, until_, now)
   end
 end
 
--- The oldest live registration, taken out of the set ({token, visibility ms}), or nil.
+-- The live registration whose wait ends first, taken out of the set ({token, visibility ms}), or nil.
 local function take_waiter(now)
   local live = redis.call('ZRANGE', K_WAITERS, '(' .. n2s(now), '+inf', 'BYSCORE', 'LIMIT', 0, 1)
   if #live == 0 then
