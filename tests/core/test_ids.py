@@ -3,9 +3,9 @@ from __future__ import annotations
 import os
 import re
 import uuid
-import warnings
 
 import pytest
+from fork_helpers import made_in_a_forked_child
 
 from tta_agent_coordination._ids import new_id, new_token
 
@@ -40,21 +40,9 @@ def test_tokens_are_16_hex_digits_and_unique_across_batches() -> None:
 def test_a_forked_child_never_repeats_its_parents_ids_or_tokens() -> None:
     new_id()  # the parent now holds both made ahead
     new_token()
-    read_end, write_end = os.pipe()
-    with warnings.catch_warnings():
-        # Python warns when a process with threads forks (another test's idle worker thread
-        # would do): the child here takes no lock, writes to a pipe and exits at once.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # pragma: no cover  # the child (coverage does not follow it)
-        os.close(read_end)
-        made = [new_id() for _ in range(5)] + [new_token() for _ in range(5)]
-        os.write(write_end, ",".join(made).encode())
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        child = set(pipe.read().decode().split(","))
-    os.waitpid(pid, 0)
+    child = made_in_a_forked_child(
+        lambda: [new_id() for _ in range(5)] + [new_token() for _ in range(5)]
+    )
     parent = {new_id() for _ in range(5)} | {new_token() for _ in range(5)}
     assert len(child) == 10
     assert not child & parent

@@ -3,12 +3,12 @@ from __future__ import annotations
 import os
 import string
 import uuid
-import warnings
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import pydantic
 import pytest
+from fork_helpers import made_in_a_forked_child
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -161,20 +161,7 @@ def test_a_forked_child_never_repeats_its_parents_message_ids() -> None:
         return AgentMessage(sender=AgentId("a"), recipient=AgentId("b")).message_id
 
     new_id()  # the parent now holds ids made ahead
-    read_end, write_end = os.pipe()
-    with warnings.catch_warnings():
-        # Python warns when a process with threads forks (another test's idle worker thread
-        # would do): the child here takes no lock, writes to a pipe and exits at once.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # pragma: no cover  # the child (coverage does not follow it)
-        os.close(read_end)
-        os.write(write_end, ",".join(new_id() for _ in range(5)).encode())
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        child = set(pipe.read().decode().split(","))
-    os.waitpid(pid, 0)
+    child = made_in_a_forked_child(lambda: [new_id() for _ in range(5)])
     parent = {new_id() for _ in range(5)}
     assert len(child) == 5
     assert not child & parent
