@@ -7,15 +7,33 @@ import random
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncGenerator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import redis
 
+from tta_agent_coordination import connect
+from tta_agent_coordination_redis import RedisBackend
+
 #: The shared server the tests use; never reconfigured by them.
 REDIS_URL = os.environ.get("TTA_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@asynccontextmanager
+async def fresh(url: str | None = None, **options: Any) -> AsyncGenerator[RedisBackend]:
+    """A Redis backend in a namespace of its own (on ``REDIS_URL`` unless given), dropped after."""
+    namespace = f"t{uuid.uuid4().hex[:16]}"
+    # REDIS_URL is read now, not at import: conftest may point it at a throw-away server.
+    async with connect(url or REDIS_URL, namespace=namespace, **options) as backend:
+        assert isinstance(backend, RedisBackend)
+        try:
+            yield backend
+        finally:
+            await backend.drop_namespace()
 
 
 def reachable(url: str) -> str | None:

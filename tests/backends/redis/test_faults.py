@@ -8,9 +8,6 @@ a connection error, as after a network failure between the server's answer and t
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncGenerator
-from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import anyio
@@ -18,7 +15,7 @@ import pytest
 import redis as sync_redis
 from redis.asyncio.connection import AbstractConnection
 
-from redis_helpers import Servers
+from redis_helpers import Servers, fresh
 from tta_agent_coordination import connect
 from tta_agent_coordination.errors import BackendUnavailableError
 from tta_agent_coordination.models import AgentId, AgentMessage, Delivery, EnqueueRequest
@@ -37,16 +34,6 @@ def anyio_backend() -> str:
 
 def message() -> AgentMessage:
     return AgentMessage(sender=SENDER, recipient=QUEUE)
-
-
-@asynccontextmanager
-async def fresh(url: str) -> AsyncGenerator[RedisBackend]:
-    async with connect(url, namespace=f"t{uuid.uuid4().hex[:16]}") as backend:
-        assert isinstance(backend, RedisBackend)
-        try:
-            yield backend
-        finally:
-            await backend.drop_namespace()
 
 
 def kill_clients(url: str) -> int:

@@ -11,9 +11,6 @@ cancelled, gone.
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import AsyncGenerator
-from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import anyio
@@ -21,8 +18,7 @@ import anyio.lowlevel
 import pytest
 import redis as sync_redis
 
-from redis_helpers import REDIS_URL
-from tta_agent_coordination import connect
+from redis_helpers import fresh
 from tta_agent_coordination.errors import BackendUnavailableError
 from tta_agent_coordination.models import AgentId, AgentMessage, Delivery, EnqueueRequest
 from tta_agent_coordination_redis import RedisBackend
@@ -36,17 +32,6 @@ SENDER = AgentId("hand", "sender")
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@asynccontextmanager
-async def fresh(url: str = REDIS_URL) -> AsyncGenerator[RedisBackend]:
-    namespace = f"t{uuid.uuid4().hex[:16]}"
-    async with connect(url, namespace=namespace) as backend:
-        assert isinstance(backend, RedisBackend)
-        try:
-            yield backend
-        finally:
-            await backend.drop_namespace()
 
 
 def message(n: int = 0) -> AgentMessage:
@@ -66,6 +51,13 @@ async def hand_keys(backend: RedisBackend) -> list[str]:
     pattern = key(backend, "hand:*")
     found = await backend.connection.call(lambda c: c.keys(pattern), what="test")
     return [k.decode() for k in cast("list[bytes]", found)]
+
+
+async def make_empty_queue(backend: RedisBackend) -> None:
+    """Make the queue exist and hold nothing (a waiter registers only on a queue that exists)."""
+    store = backend.queue
+    await store.enqueue(message(-1))
+    assert await store.ack((await store.reserve(QUEUE, visibility_timeout=30))[0].receipt)
 
 
 async def until_registered(backend: RedisBackend, n: int = 1) -> None:
@@ -94,9 +86,7 @@ async def test_a_waiting_consumer_gets_the_new_entry_without_another_script(
 ) -> None:
     async with fresh(private_server) as backend:
         store = backend.queue
-        await store.enqueue(message(-1))  # the queue exists
-        first = await store.reserve(QUEUE, visibility_timeout=30)
-        await store.ack(first[0].receipt)
+        await make_empty_queue(backend)
         got: list[Delivery] = []
         sent_at, before, entry_id = 0.0, 0, ""
 
@@ -130,8 +120,7 @@ async def test_a_waiting_consumer_gets_the_new_entry_without_another_script(
 async def test_a_handed_entry_is_collected_when_the_wait_ends_first() -> None:
     async with fresh() as backend:
         store = backend.queue
-        await store.enqueue(message(-1))
-        await store.ack((await store.reserve(QUEUE, visibility_timeout=30))[0].receipt)
+        await make_empty_queue(backend)
         await register(backend, "ab" * 8)
         entry_id = await store.enqueue(message(1))  # handed to a waiter not blocked right now
         assert (await store.stats(QUEUE)).reserved == 1
@@ -147,8 +136,7 @@ async def test_a_handed_entry_is_collected_when_the_wait_ends_first() -> None:
 async def test_an_entry_handed_to_a_waiter_that_is_gone_comes_back_after_its_visibility() -> None:
     async with fresh() as backend:
         store = backend.queue
-        await store.enqueue(message(-1))
-        await store.ack((await store.reserve(QUEUE, visibility_timeout=30))[0].receipt)
+        await make_empty_queue(backend)
         await register(backend, "cd" * 8, visibility_ms=2_000)
         entry_id = await store.enqueue(message(1))
         (hand,) = await hand_keys(backend)
@@ -163,8 +151,7 @@ async def test_an_entry_handed_to_a_waiter_that_is_gone_comes_back_after_its_vis
 async def test_a_cancelled_waiting_reserve_leaves_the_waiters() -> None:
     async with fresh() as backend:
         store = backend.queue
-        await store.enqueue(message(-1))
-        await store.ack((await store.reserve(QUEUE, visibility_timeout=30))[0].receipt)
+        await make_empty_queue(backend)
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: store.reserve(QUEUE, visibility_timeout=30, wait=30))
             await until_registered(backend)
@@ -178,8 +165,7 @@ async def test_a_cancelled_waiting_reserve_leaves_the_waiters() -> None:
 async def test_only_one_new_entry_due_now_with_nothing_ready_is_handed() -> None:
     async with fresh() as backend:
         store = backend.queue
-        await store.enqueue(message(-1))
-        await store.ack((await store.reserve(QUEUE, visibility_timeout=30))[0].receipt)
+        await make_empty_queue(backend)
         await register(backend, "ef" * 8)
         await store.enqueue_many(
             [EnqueueRequest(message=message(i)) for i in range(2)]
@@ -200,8 +186,7 @@ async def test_only_one_new_entry_due_now_with_nothing_ready_is_handed() -> None
 async def test_many_waiting_consumers_are_each_handed_one() -> None:
     async with fresh() as backend:
         store = backend.queue
-        await store.enqueue(message(-1))
-        await store.ack((await store.reserve(QUEUE, visibility_timeout=30))[0].receipt)
+        await make_empty_queue(backend)
         got: list[Delivery] = []
         sent: list[str] = []
 
@@ -293,8 +278,7 @@ async def test_a_failed_first_reserve_is_reported_without_trying_to_leave(
 async def test_a_failed_wait_leaves_the_waiters(monkeypatch: pytest.MonkeyPatch) -> None:
     async with fresh() as backend:
         store = backend.queue
-        await store.enqueue(message(-1))
-        await store.ack((await store.reserve(QUEUE, visibility_timeout=30))[0].receipt)
+        await make_empty_queue(backend)
 
         async def failing(*args: Any) -> Any:
             assert await waiters(backend) == 1  # registered before it blocks

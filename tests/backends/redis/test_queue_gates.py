@@ -9,16 +9,12 @@ as does a queue written before the gates existed.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncGenerator
-from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import cast
 
 import pytest
 import redis as sync_redis
 
-from redis_helpers import REDIS_URL
-from tta_agent_coordination import connect
+from redis_helpers import fresh
 from tta_agent_coordination.models import AgentId, AgentMessage, Delivery, EnqueueRequest
 from tta_agent_coordination_redis import RedisBackend
 
@@ -31,17 +27,6 @@ SENDER = AgentId("gates", "sender")
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@asynccontextmanager
-async def fresh(url: str = REDIS_URL, **options: Any) -> AsyncGenerator[RedisBackend]:
-    namespace = f"t{uuid.uuid4().hex[:16]}"
-    async with connect(url, namespace=namespace, **options) as backend:
-        assert isinstance(backend, RedisBackend)
-        try:
-            yield backend
-        finally:
-            await backend.drop_namespace()
 
 
 def message(ttl: float | None = None) -> AgentMessage:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 import warnings
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, cast
 
 import anyio
@@ -22,7 +20,7 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
 
-from redis_helpers import REDIS_URL, free_port
+from redis_helpers import REDIS_URL, free_port, fresh
 from tta_agent_coordination import connect
 from tta_agent_coordination.errors import (
     BackendConfigWarning,
@@ -49,17 +47,6 @@ def anyio_backend() -> str:
 
 def message(priority: int = 5, ttl: float | None = None) -> AgentMessage:
     return AgentMessage(sender=SENDER, recipient=QUEUE, priority=priority, ttl=ttl)
-
-
-@asynccontextmanager
-async def fresh(url: str = REDIS_URL, **options: Any) -> AsyncGenerator[RedisBackend]:
-    namespace = f"t{uuid.uuid4().hex[:16]}"
-    async with connect(url, namespace=namespace, **options) as backend:
-        assert isinstance(backend, RedisBackend)
-        try:
-            yield backend
-        finally:
-            await backend.drop_namespace()
 
 
 class RoundTrips:
