@@ -397,14 +397,7 @@ class RedisQueueStore:
         if waiting == 0:
             got, _ = await self._reserve_now(agent_id, visibility_ms, count)
             return got
-        waiter = "" if self._connection.cluster else new_token()
-        if not waiter:
-            got, due_in = await self._reserve_now(agent_id, visibility_ms, count)
-            if got:
-                return got
-            return await self._wait(
-                agent_id, visibility_ms, count, waiting=waiting, due_in=due_in, waiter=""
-            )
+        waiter = "" if self._connection.cluster else new_token()  # cluster: the wake list only
         registered = False
         try:
             got, due_in = await self._reserve_now(
@@ -422,8 +415,8 @@ class RedisQueueStore:
                 agent_id, visibility_ms, count, waiting=waiting, due_in=due_in, waiter=waiter
             )
         except BaseException as exc:
-            if not registered and isinstance(exc, CoordinationError):
-                raise  # the first script failed: the server is not there to leave (it lapses)
+            if not waiter or (not registered and isinstance(exc, CoordinationError)):
+                raise  # nothing to leave, or the first script failed (the registration lapses)
             # Cancelled (or failed) while registered, or maybe registered (cancelled while the
             # first script ran): leave now, so that no entry is handed to a waiter that is gone,
             # and give back what was handed to it meanwhile.
