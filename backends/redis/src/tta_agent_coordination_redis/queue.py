@@ -193,24 +193,34 @@ class RedisQueueStore:
         # Per queue name: its keys, its leading arguments and both packed once (a bounded
         # cache, oldest dropped first: reply queues come and go).
         self._heads: dict[str, tuple[list[str], list[Any], Packed]] = {}
-        self._common = [
-            options.max_queue_length,
-            _ms(options.dedup_window),
-            -1 if options.dead_letter_max_age is None else _ms(options.dead_letter_max_age),
-            -1 if options.dead_letter_max_length is None else options.dead_letter_max_length,
-            _ms(options.entry_id_retention),
-        ]
+        # The queue settings, one argument (``conf()`` in ``_queue.lua`` reads it when needed).
+        self._settings = ",".join(
+            str(v)
+            for v in (
+                options.max_queue_length,
+                _ms(options.dedup_window),
+                -1 if options.dead_letter_max_age is None else _ms(options.dead_letter_max_age),
+                -1 if options.dead_letter_max_length is None else options.dead_letter_max_length,
+                _ms(options.entry_id_retention),
+            )
+        )
 
     # -- plumbing -----------------------------------------------------------------------------
 
     def _keys(self, name: str) -> list[str]:
+        """The queue script's keys.
+
+        On a single server the three namespace keys and the queue's info key (the script names
+        the others from its prefix); on Redis Cluster every key of the queue, declared (the
+        info key standing in for the namespace's).
+        """
         queue_keys = self._connection.keys.queue_keys(name)
         if self._connection.cluster:  # one slot: the queue's info key stands in, untouched
             return [queue_keys[0]] * 3 + queue_keys
-        return [*self._ns_keys, *queue_keys]
+        return [*self._ns_keys, queue_keys[0]]
 
     def _args(self, name: str, *args: Any) -> list[Any]:
-        return [name, *self._common, self._connection.clock_arg(), *args]
+        return [name, self._settings, self._connection.clock_arg(), *args]
 
     def _head(self, name: str) -> tuple[list[str], list[Any], Packed]:
         head = self._heads.get(name)
@@ -258,7 +268,8 @@ class RedisQueueStore:
         dedup_key: str | None,
         entry_id: str | None,
         max_attempts: int | None,
-    ) -> list[Any]:
+    ) -> tuple[str, bytes, str]:
+        """One request's three script arguments: entry id, body and options (``enqueue.lua``)."""
         body = encode_message(message, self._options.max_message_bytes)
         seconds = 0.0 if delay is None else _check_duration(delay, "delay", positive=False)
         key = "" if dedup_key is None else _check_text(dedup_key, "dedup_key", _MAX_DEDUP)
@@ -270,11 +281,16 @@ class RedisQueueStore:
             else _check_int(max_attempts, "max_attempts", 1, None)
         )
         ttl = -1 if message.ttl is None else _ms(message.ttl, positive=True)
-        return [ident, body, int(message.priority), _ms(seconds), key, attempts, ttl]
+        # The key last: it may hold commas (enqueue.lua reads everything after the fourth).
+        return (ident, body, f"{int(message.priority)},{_ms(seconds)},{attempts},{ttl},{key}")
 
-    async def _enqueue(self, queue: AgentId, items: list[list[Any]]) -> list[str]:
+    async def _enqueue(self, queue: AgentId, items: list[tuple[str, bytes, str]]) -> list[str]:
         name = str(queue)
-        flat = [value for item in items for value in item]
+        flat: list[Any] = []
+        last = None
+        for ident, body, options in items:  # options alike the request before's go as ''
+            flat += (ident, body, "" if options == last else options)
+            last = options
         reply = cast("list[Any]", await self._run("enqueue", name, len(items), *flat))
         if int(reply[0]) == 0:
             raise QueueFullError(name, self._options.max_queue_length)

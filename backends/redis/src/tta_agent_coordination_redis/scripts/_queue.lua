@@ -1,16 +1,19 @@
 -- Shared helpers of the queue scripts (inlined by --#include _queue).
 --
--- KEYS: 1 clock, 2 queues (index), 3 idle (namespace-wide), then the queue's own keys:
--- 4 info, 5 meta, 6 body, 7 ready, 8 delayed, 9 reserved, 10 expiry, 11 dead, 12 deadinfo,
--- 13 settled, 14 acks, 15 dedup, 16 dedupx, 17 wake, 18 waiters.
--- ARGV: 1 queue name, 2 max_queue_length, 3 dedup_window ms, 4 dead_letter_max_age ms (-1:
--- none), 5 dead_letter_max_length (-1: none), 6 entry_id_retention ms, 7 the clock offset in
--- ms on Redis Cluster ('' on a single server); the operation's own arguments follow from
--- ARGV[8].
+-- KEYS: 1 clock, 2 queues (index), 3 idle (namespace-wide), 4 the queue's info hash; on Redis
+-- Cluster the queue's other keys follow: 5 meta, 6 body, 7 ready, 8 delayed, 9 reserved,
+-- 10 expiry, 11 dead, 12 deadinfo, 13 settled, 14 acks, 15 dedup, 16 dedupx, 17 wake,
+-- 18 waiters. On a single server the client passes the first four only and the script names
+-- the others from the info key's prefix (they differ only in the last part): every key passed
+-- costs the server a string on each run, and most runs touch few of them.
+-- ARGV: 1 queue name, 2 the queue settings 'max_queue_length,dedup_window ms,
+-- dead_letter_max_age ms (-1: none),dead_letter_max_length (-1: none),entry_id_retention ms'
+-- (read by conf() when a run needs one), 3 the clock offset in ms on Redis Cluster ('' on a
+-- single server); the operation's own arguments follow from ARGV[4].
 --
 -- On a single server KEYS 1-3 are the namespace's keys and the script keeps the queue index
 -- and the idle index itself. On Redis Cluster they live on another slot: the caller passes
--- the queue's own `info` key in their place (never touched), the clock offset in ARGV[7], and
+-- the queue's own `info` key in their place (never touched), the clock offset in ARGV[3], and
 -- updates the namespace indexes with separate commands.
 --
 -- Times are integer milliseconds on the backend's clock. An entry's state lives in meta[id]
@@ -28,23 +31,36 @@
 -- gates, or after a drop) means unknown: the scan runs and sets it.
 --#include _time
 
-local K_CLOCK, K_QUEUES, K_IDLE = KEYS[1], KEYS[2], KEYS[3]
-local K_INFO, K_META, K_BODY = KEYS[4], KEYS[5], KEYS[6]
-local K_READY, K_DELAYED, K_RESERVED, K_EXPIRY = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local K_DEAD, K_DEADINFO, K_SETTLED, K_ACKS = KEYS[11], KEYS[12], KEYS[13], KEYS[14]
-local K_DEDUP, K_DEDUPX, K_WAKE, K_WAITERS = KEYS[15], KEYS[16], KEYS[17], KEYS[18]
+local K_CLOCK, K_QUEUES, K_IDLE, K_INFO = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local K_META, K_BODY, K_READY, K_DELAYED, K_RESERVED, K_EXPIRY, K_DEAD, K_DEADINFO, K_SETTLED
+local K_ACKS, K_DEDUP, K_DEDUPX, K_WAKE, K_WAITERS
+if KEYS[5] then
+  K_META, K_BODY, K_READY, K_DELAYED, K_RESERVED = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+  K_EXPIRY, K_DEAD, K_DEADINFO, K_SETTLED, K_ACKS = KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14]
+  K_DEDUP, K_DEDUPX, K_WAKE, K_WAITERS = KEYS[15], KEYS[16], KEYS[17], KEYS[18]
+else
+  local p = string.sub(K_INFO, 1, -5)  -- '...:{tag}:' (the info key ends in 'info')
+  K_META, K_BODY, K_READY, K_DELAYED = p .. 'meta', p .. 'body', p .. 'ready', p .. 'delayed'
+  K_RESERVED, K_EXPIRY, K_DEAD, K_DEADINFO = p .. 'reserved', p .. 'expiry', p .. 'dead',
+    p .. 'deadinfo'
+  K_SETTLED, K_ACKS, K_DEDUP, K_DEDUPX = p .. 'settled', p .. 'acks', p .. 'dedup', p .. 'dedupx'
+  K_WAKE, K_WAITERS = p .. 'wake', p .. 'waiters'
+end
 
 local NAME = ARGV[1]
-local MAX_LEN = tonumber(ARGV[2])
-local DEDUP_WINDOW = tonumber(ARGV[3])
-local DL_MAX_AGE = tonumber(ARGV[4])
-local DL_MAX_LEN = tonumber(ARGV[5])
-local RETENTION = tonumber(ARGV[6])
-local CLUSTER = ARGV[7] ~= ''
-local OFFSET = tonumber(ARGV[7])
+local CLUSTER = ARGV[3] ~= ''
+local OFFSET = tonumber(ARGV[3])
 
-local QUEUE_KEYS = {K_INFO, K_META, K_BODY, K_READY, K_DELAYED, K_RESERVED, K_EXPIRY, K_DEAD,
-  K_DEADINFO, K_SETTLED, K_ACKS, K_DEDUP, K_DEDUPX, K_WAKE, K_WAITERS}
+-- The queue settings (ARGV[2]), parsed on first use: {max_queue_length, dedup_window,
+-- dead_letter_max_age, dead_letter_max_length, entry_id_retention}.
+local CONF = nil
+local function conf()
+  if not CONF then
+    local a, b, c, d, e = string.match(ARGV[2], '^(%d+),(%d+),(%-?%d+),(%-?%d+),(%d+)$')
+    CONF = {tonumber(a), tonumber(b), tonumber(c), tonumber(d), tonumber(e)}
+  end
+  return CONF
+end
 
 -- 2^42 ms is the year 2109: priority bands of the ready score never overlap, and the score
 -- stays an exact integer in a double (below 2^53).
@@ -169,7 +185,7 @@ end
 -- Would `extra` new entries pass max_queue_length? meta holds every live and dead entry, so
 -- its length bounds the live count from above: the exact count is only taken near the cap.
 local function over_cap(extra)
-  return redis.call('HLEN', K_META) + extra > MAX_LEN and live_count() + extra > MAX_LEN
+  return redis.call('HLEN', K_META) + extra > conf()[1] and live_count() + extra > conf()[1]
 end
 
 -- Leave one wake-up on the queue's wake list (a waiting consumer takes it at once, so a
@@ -183,7 +199,8 @@ end
 -- Drop every key of the queue and its index entries; returns the entries removed.
 local function drop_queue()
   local n = redis.call('HLEN', K_META)
-  redis.call('DEL', unpack(QUEUE_KEYS))
+  redis.call('DEL', K_INFO, K_META, K_BODY, K_READY, K_DELAYED, K_RESERVED, K_EXPIRY,
+    K_DEAD, K_DEADINFO, K_SETTLED, K_ACKS, K_DEDUP, K_DEDUPX, K_WAKE, K_WAITERS)
   if not CLUSTER then
     redis.call('ZREM', K_QUEUES, NAME)
     redis.call('ZREM', K_IDLE, NAME)
@@ -237,9 +254,9 @@ local function family()
     return FAMILY
   end
   local function f_settle(id, token, now)
-    redis.call('ZADD', K_SETTLED, n2s(now + RETENTION), id)
+    redis.call('ZADD', K_SETTLED, n2s(now + conf()[5]), id)
     redis.call('HSET', K_ACKS, id, token)
-    prune_by(now + RETENTION)
+    prune_by(now + conf()[5])
   end
 
   local function f_release_dedup(id, m, now)
@@ -250,11 +267,12 @@ local function family()
     if redis.call('HGET', K_DEDUP, key) ~= id then
       return
     end
-    if DEDUP_WINDOW <= 0 then
+    local window = conf()[2]
+    if window <= 0 then
       redis.call('HDEL', K_DEDUP, key)
     else
-      redis.call('ZADD', K_DEDUPX, n2s(now + DEDUP_WINDOW), key)
-      prune_by(now + DEDUP_WINDOW)
+      redis.call('ZADD', K_DEDUPX, n2s(now + window), key)
+      prune_by(now + window)
     end
   end
 
@@ -285,8 +303,9 @@ local function family()
   end
 
   local function f_trim_dead(now)
-    if DL_MAX_LEN >= 0 then
-      local extra = redis.call('ZCARD', K_DEAD) - DL_MAX_LEN
+    local max_age, max_length = conf()[3], conf()[4]
+    if max_length >= 0 then
+      local extra = redis.call('ZCARD', K_DEAD) - max_length
       if extra > 0 then
         local ids = redis.call('ZRANGE', K_DEAD, 0, extra - 1)
         for _, id in ipairs(ids) do
@@ -294,14 +313,14 @@ local function family()
         end
       end
     end
-    if DL_MAX_AGE >= 0 then
+    if max_age >= 0 then
       while true do
         local first = redis.call('ZRANGE', K_DEAD, 0, 0)
         if #first == 0 then
           break
         end
         local info = cjson.decode(redis.call('HGET', K_DEADINFO, first[1]))
-        if info.at + DL_MAX_AGE > now then
+        if info.at + max_age > now then
           break
         end
         f_drop_dead(first[1], now)
@@ -425,8 +444,11 @@ local function family()
   return FAMILY
 end
 
-local function release_dedup(...)
-  return family()['release_dedup'](...)
+-- An entry without a dedup key (the common ack) has nothing to release: no family() for it.
+local function release_dedup(id, m, now)
+  if m.k then
+    family()['release_dedup'](id, m, now)
+  end
 end
 
 local function drop_dead(...)

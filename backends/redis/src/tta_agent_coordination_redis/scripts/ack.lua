@@ -1,9 +1,9 @@
--- Ack receipts of one queue: ARGV[8] n, then n pairs (token, entry id).
+-- Ack receipts of one queue: ARGV[4] n, then n pairs (token, entry id).
 -- Returns one 1/0 per receipt: 1 for a current receipt or a repeat of a successful ack.
 --#include _queue
 load_info()
 local out = {}
-local n = tonumber(ARGV[8])
+local n = tonumber(ARGV[4])
 if not exists() then
   for i = 1, n do
     out[i] = 0
@@ -18,17 +18,17 @@ local now = now_ms()
 local acked, settled, tokens, expiring = {}, {}, {}, {}
 local ids = {}
 for i = 1, n do
-  ids[i] = ARGV[8 + 2 * i]
+  ids[i] = ARGV[4 + 2 * i]
 end
 local metas = redis.call('HMGET', K_META, unpack(ids))  -- one read for the whole batch
 for i = 1, n do
-  local token, id = ARGV[7 + 2 * i], ARGV[8 + 2 * i]
+  local token, id = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
   local m = current(token, id, now, metas[i])
   if m then
     if not tokens[id] then
       tokens[id] = token
       acked[#acked + 1] = id
-      settled[#settled + 1] = n2s(now + RETENTION)
+      settled[#settled + 1] = n2s(now + conf()[5])
       settled[#settled + 1] = id
       if m.x then
         expiring[#expiring + 1] = id
@@ -56,6 +56,6 @@ if #acked > 0 then
     pairs_[#pairs_ + 1] = tokens[id]
   end
   redis.call('HSET', K_ACKS, unpack(pairs_))
-  prune_by(now + RETENTION)
+  prune_by(now + conf()[5])
 end
 return out

@@ -1,6 +1,8 @@
 -- Enqueue a batch (one entry or many) for one queue, all or nothing.
--- ARGV[8] n, then per request 7 values: entry id, body, priority, delay ms, dedup key ('' for
--- none), max_attempts, ttl ms (-1 for none).
+-- ARGV[4] n, then per request 3 values: entry id, body, and its options as
+-- 'priority,delay ms,max_attempts,ttl ms (-1 for none),dedup key' (the key last, '' for none;
+-- it may hold commas), or '' for the same options as the request before it (a batch of
+-- alike requests sends and parses its options once).
 -- Returns {1, created, id...} (created: 1 if this call created the queue; per request the
 -- entry id: new, or the one a repeated entry id or dedup key resolves to) or {0} when the new
 -- entries would pass max_queue_length (nothing written).
@@ -9,7 +11,19 @@ load_info()
 local now = now_ms()
 drop_if_idle(now)
 prune(now)
-local n = tonumber(ARGV[8])
+local n = tonumber(ARGV[4])
+-- Request i: its id ARGV[2 + 3i], its body ARGV[3 + 3i], its options opts[i] =
+-- {priority, delay ms, max_attempts, ttl ms, dedup key or nil}.
+local opts = {}
+local last = nil
+for i = 1, n do
+  local raw = ARGV[4 + i * 3]
+  if raw ~= '' then
+    local p, d, m, t, k = string.match(raw, '^(%d+),(%d+),(%d+),(%-?%d+),(.*)$')
+    last = {tonumber(p), tonumber(d), tonumber(m), tonumber(t), k ~= '' and k or nil}
+  end
+  opts[i] = last
+end
 local plan, fresh = {}, {}
 local batch_ids, batch_keys = {}, {}
 -- Which entry ids are taken (live, dead or settled): one command per structure for the whole
@@ -17,22 +31,18 @@ local batch_ids, batch_keys = {}, {}
 local held, settled = {}, {}
 if CREATED then
   local ids = {}
-  for i = 0, n - 1 do
-    ids[i + 1] = ARGV[9 + i * 7]
+  for i = 1, n do
+    ids[i] = ARGV[2 + i * 3]
   end
   held = redis.call('HMGET', K_META, unpack(ids))
   if PRUNE_AT ~= -1 then
     settled = redis.call('ZMSCORE', K_SETTLED, unpack(ids))
   end
 end
-for i = 0, n - 1 do
-  local b = 9 + i * 7
-  local id, key = ARGV[b], ARGV[b + 4]
-  if key == '' then
-    key = nil
-  end
+for i = 1, n do
+  local id, key = ARGV[2 + i * 3], opts[i][5]
   local found = nil
-  if held[i + 1] or settled[i + 1] then
+  if held[i] or settled[i] then
     found = id
   elseif key then
     found = redis.call('HGET', K_DEDUP, key) or nil
@@ -44,7 +54,7 @@ for i = 0, n - 1 do
     plan[#plan + 1] = found
   else
     plan[#plan + 1] = id
-    fresh[#fresh + 1] = b
+    fresh[#fresh + 1] = i
     batch_ids[id] = id
     if key then
       batch_keys[key] = id
@@ -60,31 +70,32 @@ touch(now)
 -- due by the gate: the entry is reserved for that consumer and handed to it on its own list
 -- (docs/decisions/0005-redis-handoff.md). Its blocked BLPOP returns the delivery itself.
 local handed = false
-if #fresh == 1 and WAIT_UNTIL > now and not CLUSTER and tonumber(ARGV[fresh[1] + 3]) == 0
+if #fresh == 1 and WAIT_UNTIL > now and not CLUSTER and opts[fresh[1]][2] == 0
     and DUE_AT and (DUE_AT < 0 or DUE_AT > now) and redis.call('ZCARD', K_READY) == 0 then
   local waiter = take_waiter(now)
   if waiter then
     handed = true
-    local b = fresh[1]
-    local id, key, ttl = ARGV[b], ARGV[b + 4], tonumber(ARGV[b + 6])
+    local i = fresh[1]
+    local id, body, o = ARGV[2 + i * 3], ARGV[3 + i * 3], opts[i]
+    local key, ttl = o[5], o[4]
     local token, visibility = waiter[1], waiter[2]
-    local m = {p = tonumber(ARGV[b + 2]), a = 1, m = tonumber(ARGV[b + 5]), e = now, s = 'v',
+    local m = {p = o[1], a = 1, m = o[3], e = now, s = 'v',
       t = token, dl = now + visibility, q = redis.call('HINCRBY', K_INFO, 'seq', 1)}
     if ttl >= 0 then  -- a reserved entry stays out of the expiry set (as reserve leaves it)
       m.ttl = ttl
       m.x = now + ttl
     end
-    if key ~= '' then
+    if key then
       m.k = key
       redis.call('HSET', K_DEDUP, key, id)
     end
     local raw = encode_meta(m)
-    redis.call('HSET', K_BODY, id, ARGV[b + 1])
+    redis.call('HSET', K_BODY, id, body)
     redis.call('HSET', K_META, id, raw)
     redis.call('ZADD', K_RESERVED, n2s(m.dl), id)
     due_by(m.dl)
     local hand = hand_key(token)
-    redis.call('RPUSH', hand, cjson.encode({id, raw, ARGV[b + 1]}))
+    redis.call('RPUSH', hand, cjson.encode({id, raw, body}))
     redis.call('PEXPIRE', hand, visibility)  -- nobody popped it by then: the entry is reclaimed
   end
 end
@@ -98,9 +109,10 @@ if #fresh > 0 and not handed then
     list[#list + 1] = a
     list[#list + 1] = b
   end
-  for k, b in ipairs(fresh) do
-    local id, key, ttl = ARGV[b], ARGV[b + 4], tonumber(ARGV[b + 6])
-    local m = {p = tonumber(ARGV[b + 2]), a = 1, m = tonumber(ARGV[b + 5]), q = first + k, e = now}
+  for k, i in ipairs(fresh) do
+    local id, o = ARGV[2 + i * 3], opts[i]
+    local key, ttl = o[5], o[4]
+    local m = {p = o[1], a = 1, m = o[3], q = first + k, e = now}
     if ttl >= 0 then
       m.ttl = ttl
       m.x = now + ttl
@@ -109,12 +121,12 @@ if #fresh > 0 and not handed then
         soonest = m.x
       end
     end
-    if key ~= '' then
+    if key then
       m.k = key
       push(dedup, key, id)
     end
-    push(bodies, id, ARGV[b + 1])
-    local due = now + tonumber(ARGV[b + 3])
+    push(bodies, id, ARGV[3 + i * 3])
+    local due = now + o[2]
     if due > now then
       m.s = 'd'
       push(delayed, n2s(due), id)

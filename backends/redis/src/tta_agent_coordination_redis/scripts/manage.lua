@@ -1,15 +1,15 @@
--- Queue management. ARGV[8] what:
---   replay / purge: ARGV[9] '1' for all dead letters, else the entry ids from ARGV[10];
+-- Queue management. ARGV[4] what:
+--   replay / purge: ARGV[5] '1' for all dead letters, else the entry ids from ARGV[6];
 --     returns the ids replayed / the number purged
 --   reclaim: returns how many expired reservations were reclaimed
 --   drop: returns the number of entries removed (live and dead)
 --   drop_idle: drops the queue only if its idle ttl lapsed; returns 1 if the queue is gone
 --     (dropped now or before), 2 if it exists without an idle ttl, 0 if it is kept
---   set_ttl: ARGV[9] idle ttl ms (-1: none); creates the queue; returns 1 if it created it
+--   set_ttl: ARGV[5] idle ttl ms (-1: none); creates the queue; returns 1 if it created it
 --#include _queue
 load_info()
 local now = now_ms()
-local what = ARGV[8]
+local what = ARGV[4]
 if what == 'drop' then
   if not exists() then
     return 0
@@ -26,7 +26,7 @@ elseif what == 'drop_idle' then
 elseif what == 'set_ttl' then
   drop_if_idle(now)
   local created = create()
-  local ttl = tonumber(ARGV[9])
+  local ttl = tonumber(ARGV[5])
   if ttl < 0 then
     redis.call('HDEL', K_INFO, 'idle_ttl', 'idle_until')
     IDLE_TTL, IDLE_UNTIL = nil, -1
@@ -52,10 +52,10 @@ if what == 'reclaim' then
 end
 trim_dead(now)
 local chosen = {}
-if ARGV[9] == '1' then
+if ARGV[5] == '1' then
   chosen = redis.call('ZRANGE', K_DEAD, 0, -1)
 else
-  for i = 10, #ARGV do
+  for i = 6, #ARGV do
     chosen[#chosen + 1] = ARGV[i]
   end
 end

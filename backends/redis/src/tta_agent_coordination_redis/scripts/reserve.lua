@@ -1,7 +1,7 @@
--- Reserve up to ARGV[9] due entries for ARGV[8] ms. ARGV[10] a waiter token ('' for none),
--- ARGV[11] what the waiter does: 'first' (register until ARGV[12] ms from now if nothing is
+-- Reserve up to ARGV[5] due entries for ARGV[4] ms. ARGV[6] a waiter token ('' for none),
+-- ARGV[7] what the waiter does: 'first' (register until ARGV[8] ms from now if nothing is
 -- taken), 'again' (take what was handed to it; stay registered if nothing is taken) or 'leave'
--- (take what was handed to it, then leave); ARGV[13...] one fresh token per entry.
+-- (take what was handed to it, then leave); ARGV[9...] one fresh token per entry.
 -- Returns {now, deadline, next due (-1: none), id, body, meta, id, body, meta, ...}; the entries
 -- handed to the waiter come first (each with its own deadline, in its meta's dl).
 --#include _queue
@@ -13,9 +13,9 @@ end
 touch(now)
 prune(now)
 maintain_due(now)
-local deadline = now + tonumber(ARGV[8])
-local count = tonumber(ARGV[9])
-local waiter, mode = ARGV[10], ARGV[11]
+local deadline = now + tonumber(ARGV[4])
+local count = tonumber(ARGV[5])
+local waiter, mode = ARGV[6], ARGV[7]
 local out = {n2s(now), n2s(deadline), '-1'}
 local taken = 0
 if waiter ~= '' and mode ~= 'first' then
@@ -58,7 +58,7 @@ if want > 0 then
         expiring[#expiring + 1] = id
       end
       m.s = 'v'
-      m.t = ARGV[12 + i]
+      m.t = ARGV[8 + i]
       m.dl = deadline
       local raw = encode_meta(m)
       fields[#fields + 1] = id
@@ -84,11 +84,11 @@ if want > 0 then
   end
 end
 if waiter ~= '' and not CLUSTER then
-  local member = waiter .. '|' .. ARGV[8]
+  local member = waiter .. '|' .. ARGV[4]
   if mode == 'leave' or (mode == 'again' and taken > 0) then
     redis.call('ZREM', K_WAITERS, member)
   elseif mode == 'first' and taken == 0 then
-    register_waiter(member, now + tonumber(ARGV[12]), now)
+    register_waiter(member, now + tonumber(ARGV[8]), now)
   end
 end
 out[3] = n2s(DUE_AT or -1)  -- the gate: never later than the first deadline

@@ -1,8 +1,8 @@
--- Settle one receipt other than by ack. ARGV[8] action, ARGV[9] token, ARGV[10] entry id, then:
---   nack: ARGV[11] delay ms, ARGV[12] error ('' none), ARGV[13] 1 if an error is given
+-- Settle one receipt other than by ack. ARGV[4] action, ARGV[5] token, ARGV[6] entry id, then:
+--   nack: ARGV[7] delay ms, ARGV[8] error ('' none), ARGV[9] 1 if an error is given
 --   release: nothing
---   extend: ARGV[11] visibility ms
---   dead_letter: ARGV[11] reason, ARGV[12] error, ARGV[13] 1 if an error is given
+--   extend: ARGV[7] visibility ms
+--   dead_letter: ARGV[7] reason, ARGV[8] error, ARGV[9] 1 if an error is given
 -- Returns 1 if the receipt was current (and the action done), else 0.
 --#include _queue
 load_info()
@@ -10,36 +10,36 @@ if not exists() then
   return 0
 end
 local now = now_ms()
-local action, token, id = ARGV[8], ARGV[9], ARGV[10]
+local action, token, id = ARGV[4], ARGV[5], ARGV[6]
 local m = current(token, id, now)
 if not m then
   return 0
 end
 if action == 'nack' then
-  if ARGV[13] == '1' then
-    m.l = ARGV[12]
+  if ARGV[9] == '1' then
+    m.l = ARGV[8]
   end
   if m.a >= m.m then
     exhaust(id, m, now)
   else
     m.a = m.a + 1
-    give_back(id, m, now + tonumber(ARGV[11]), now)
+    give_back(id, m, now + tonumber(ARGV[7]), now)
     wake()
   end
 elseif action == 'release' then
   give_back(id, m, now, now)
   wake()
 elseif action == 'extend' then
-  m.dl = now + tonumber(ARGV[11])
+  m.dl = now + tonumber(ARGV[7])
   put_meta(id, m)
   redis.call('ZADD', K_RESERVED, n2s(m.dl), id)
   due_by(m.dl)
 elseif action == 'dead_letter' then
   local err = nil
-  if ARGV[13] == '1' then
-    err = ARGV[12]
+  if ARGV[9] == '1' then
+    err = ARGV[8]
   end
-  to_dead(id, m, ARGV[11], err, m.a, now)
+  to_dead(id, m, ARGV[7], err, m.a, now)
 else
   return redis.error_reply('unknown action ' .. action)
 end
