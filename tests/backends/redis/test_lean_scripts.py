@@ -129,43 +129,138 @@ class FakeConnection:
 
 
 class FakePool:
-    def __init__(self, connection: FakeConnection) -> None:
+    def __init__(self, connection: FakeConnection, max_connections: int = 100) -> None:
         self.connection = connection
+        self.max_connections = max_connections
+        self.borrowed = 0
         self.released: list[FakeConnection] = []
 
     async def get_connection(self) -> FakeConnection:
+        self.borrowed += 1
         return self.connection
 
     async def release(self, connection: FakeConnection) -> None:
         self.released.append(connection)
 
 
-async def test_a_reply_is_read_and_the_connection_returned() -> None:
+def kept_for(pool: FakePool) -> _scripts.KeptConnections:
+    return _scripts.KeptConnections(pool)  # type: ignore[arg-type]
+
+
+def held(kept: _scripts.KeptConnections) -> list[object]:
+    return list(kept.connections)
+
+
+async def test_a_reply_is_read_and_the_connection_kept_for_the_next_call() -> None:
     connection = FakeConnection(None)
     pool = FakePool(connection)
-    assert await _scripts._send_packed(pool, b"cmd") == b"ok"  # type: ignore[arg-type]
-    assert connection.sent == [b"cmd"]
-    assert pool.released == [connection]
+    kept = kept_for(pool)
+    assert kept.limit == 8  # an eighth of the pool's 100, at most 8
+    assert await _scripts._send_packed(kept, b"cmd") == b"ok"
+    assert await _scripts._send_packed(kept, b"cmd2") == b"ok"
+    assert connection.sent == [b"cmd", b"cmd2"]
+    assert pool.borrowed == 1  # the second call took the kept connection, not the pool's
+    assert pool.released == []
     assert not connection.disconnected
+    await kept.close()
+    assert pool.released == [connection]
+    await kept.close()  # idempotent
+    assert pool.released == [connection]
+
+
+async def test_a_small_pool_gets_its_connections_back_at_once() -> None:
+    connection = FakeConnection(None)
+    pool = FakePool(connection, max_connections=7)
+    kept = kept_for(pool)
+    assert kept.limit == 0
+    assert await _scripts._send_packed(kept, b"cmd") == b"ok"
+    assert pool.released == [connection]
+
+
+async def test_no_more_than_the_limit_is_kept() -> None:
+    pool = FakePool(FakeConnection(None), max_connections=8)
+    kept = kept_for(pool)
+    assert kept.limit == 1
+    first: Any = FakeConnection(None)
+    second: Any = FakeConnection(None)
+    await kept.give(first)
+    await kept.give(second)
+    assert held(kept) == [first]
+    assert pool.released == [second]
+
+
+async def test_a_forked_child_borrows_its_own_connections() -> None:
+    connection = FakeConnection(None)
+    pool = FakePool(connection)
+    kept = kept_for(pool)
+    parent: Any = FakeConnection(None)
+    await kept.give(parent)
+    kept.pid = -1  # as in a forked child: the kept connection is the parent's
+    taken: object = await kept.take()
+    assert taken is connection
+    assert held(kept) == []
+    assert pool.borrowed == 1
+    kept.pid = -1
+    await kept.give(parent)  # a child's give never keeps a parent's
+    assert pool.released == [parent]
+    kept.connections.append(parent)
+    await kept.close()  # nor does a child hand the parent's back to the pool
+    assert pool.released == [parent]
+    assert held(kept) == []
 
 
 async def test_an_error_reply_leaves_the_connection_usable() -> None:
     connection = FakeConnection(redis_errors.NoScriptError("NOSCRIPT"))
     pool = FakePool(connection)
+    kept = kept_for(pool)
     with pytest.raises(redis_errors.NoScriptError):
-        await _scripts._send_packed(pool, b"cmd")  # type: ignore[arg-type]
+        await _scripts._send_packed(kept, b"cmd")
     assert not connection.disconnected
-    assert pool.released == [connection]
+    assert held(kept) == [connection]
 
 
 @pytest.mark.parametrize("fail", [KeyboardInterrupt(), redis_errors.ConnectionError("lost")])
 async def test_a_connection_with_an_unread_reply_is_disconnected(fail: BaseException) -> None:
     connection = FakeConnection(fail)
     pool = FakePool(connection)
+    kept = kept_for(pool)
     with pytest.raises(type(fail)):
-        await _scripts._send_packed(pool, b"cmd")  # type: ignore[arg-type]
+        await _scripts._send_packed(kept, b"cmd")
     assert connection.disconnected
     assert pool.released == [connection]
+    assert held(kept) == []
+
+
+async def test_a_lost_connection_returns_every_kept_one_to_the_pool() -> None:
+    lost = FakeConnection(redis_errors.ConnectionError("server restarted"))
+    pool = FakePool(FakeConnection(None))
+    kept = kept_for(pool)
+    others: list[Any] = [FakeConnection(None), FakeConnection(None)]
+    for connection in [*others, lost]:
+        await kept.give(cast("Any", connection))
+    with pytest.raises(redis_errors.ConnectionError):
+        await _scripts._send_packed(kept, b"cmd")  # takes the last kept: the lost one
+    assert held(kept) == []  # the retry borrows from the pool, which checks what it lends
+    assert pool.released == [lost, *others]
+
+
+@pytest.mark.parametrize("owns_client", [True, False])
+async def test_closing_the_backend_returns_the_kept_connections(
+    namespace: str, owns_client: bool
+) -> None:
+    client = Redis.from_url(REDIS_URL)
+    pool = client.connection_pool
+    backend = RedisBackend(client, BackendOptions(namespace=namespace), owns_client=owns_client)
+    try:
+        async with backend:
+            await backend.queue.enqueue(message(1))
+            assert pool._in_use_connections  # kept by the driver between its calls
+            await backend.drop_namespace()
+        assert not pool._in_use_connections
+        if not owns_client:  # the caller's client still works, on the returned connection
+            assert await client.ping()
+    finally:
+        await client.aclose()
 
 
 # -- batches: one variadic command per structure ------------------------------------------

@@ -9,17 +9,19 @@ the same round trip is repeated with ``EVAL`` and the full text, which also cach
 
 On a plain ``redis.asyncio.Redis`` client (pooled, ``execute_command`` not wrapped by
 instrumentation) the ``EVALSHA`` takes a lean path: the command is packed here in one pass
-(the scripts pass 20 to 30 keys and arguments, which redis-py's generic packer and command
+(a queue's keys and leading arguments packed once; redis-py's generic packer and command
 wrapper cost several times more than the round trip's own work) and sent on a connection
-borrowed from the client's pool, with redis-py's own send, read and error handling (a
-connection whose reply was not read, on any error or cancellation, is disconnected before it
-goes back to the pool). Anything else (a cluster client, a single-connection client, an
-instrumented client, the ``EVAL`` fallback) goes through ``execute_command`` as before.
+the driver keeps between its calls or borrows from the client's pool (``KeptConnections``),
+with redis-py's own send, read and error handling (a connection whose reply was not read, on
+any error or cancellation, is disconnected and goes back to the pool). Anything else (a
+cluster client, a single-connection client, an instrumented client, the ``EVAL`` fallback)
+goes through ``execute_command`` as before.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,7 +32,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
-__all__ = ["Packed", "Script", "ScriptRunner", "load_script", "pack_evalsha"]
+__all__ = ["KeptConnections", "Packed", "Script", "ScriptRunner", "load_script", "pack_evalsha"]
 
 _INCLUDE: Final = re.compile(r"^--#include ([A-Za-z0-9_]+)[ \t]*$", re.MULTILINE)
 
@@ -199,22 +201,72 @@ def _lean_pool(client: Redis) -> ConnectionPool | None:
     return pool if isinstance(pool, ConnectionPool) else None
 
 
-async def _send_packed(pool: ConnectionPool, packed: bytes) -> Any:
-    """Send one packed command on a pooled connection and read its reply."""
-    get: Callable[[], Awaitable[AbstractConnection]] = pool.get_connection
-    connection = await get()
+class KeptConnections:
+    """Connections the driver keeps between its own script calls, taken from the client's pool.
+
+    redis-py's pool costs more client CPU per borrow and return (a lock, its usage metrics and
+    events, a read to check the socket) than the rest of a script call's client work. A
+    connection that answered a call in full is kept here for the next call instead (at most
+    ``limit``: an eighth of the pool's ``max_connections``, up to 8, so the pool never runs
+    short for the client's other users); one more goes back to the pool. :meth:`close` gives
+    them all back (the backend's ``aclose``). A forked child never uses its parent's sockets:
+    it forgets the kept connections and borrows its own.
+    """
+
+    __slots__ = ("connections", "limit", "pid", "pool")
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.connections: list[AbstractConnection] = []
+        most: object = getattr(pool, "max_connections", 0)
+        self.limit = min(8, most // 8) if isinstance(most, int) else 0
+        self.pid = os.getpid()
+
+    async def take(self) -> AbstractConnection:
+        """A kept connection, or one borrowed from the pool."""
+        if self.connections:
+            if self.pid == os.getpid():
+                return self.connections.pop()
+            self.connections.clear()  # a forked child: the parent's sockets are not ours
+            self.pid = os.getpid()
+        get: Callable[[], Awaitable[AbstractConnection]] = self.pool.get_connection
+        return await get()
+
+    async def give(self, connection: AbstractConnection) -> None:
+        """Keep a connection whose reply was read in full, or return it to the pool."""
+        if len(self.connections) < self.limit and self.pid == os.getpid():
+            self.connections.append(connection)
+        else:
+            await self.pool.release(connection)
+
+    async def close(self) -> None:
+        """Give every kept connection back to the pool."""
+        kept, self.connections = self.connections, []
+        if self.pid == os.getpid():
+            for connection in kept:
+                await self.pool.release(connection)
+
+
+async def _send_packed(kept: KeptConnections, packed: bytes) -> Any:
+    """Send one packed command on a kept or pooled connection and read its reply."""
+    connection = await kept.take()
     try:
         await connection.send_packed_command(packed)
         reply = cast("Any", await connection.read_response())
     except redis_errors.ResponseError:
-        raise  # an error reply (NOSCRIPT, a script error) was read in full: the connection is fine
+        # An error reply (NOSCRIPT, a script error) was read in full: the connection is fine.
+        await kept.give(connection)
+        raise
     except BaseException:
         # redis-py disconnects on errors while sending or reading; make sure of it before the
-        # connection goes back (a reply left unread would answer the next command).
+        # connection goes back (a reply left unread would answer the next command). The kept
+        # ones go back too: after a lost connection they may all be dead (a restarted server),
+        # and the pool checks each one before it lends it again, so the retry finds a live one.
         await connection.disconnect(nowait=True)
+        await kept.pool.release(connection)
+        await kept.close()
         raise
-    finally:
-        await pool.release(connection)
+    await kept.give(connection)
     return reply
 
 
@@ -223,6 +275,18 @@ class ScriptRunner:
 
     def __init__(self) -> None:
         self._scripts: dict[str, Script] = {}
+        self._kept: KeptConnections | None = None
+
+    def _kept_for(self, pool: ConnectionPool) -> KeptConnections:
+        kept = self._kept
+        if kept is None or kept.pool is not pool:
+            kept = self._kept = KeptConnections(pool)
+        return kept
+
+    async def close(self) -> None:
+        """Give the connections kept between calls back to the client's pool; idempotent."""
+        if self._kept is not None:
+            await self._kept.close()
 
     def get(self, name: str) -> Script:
         """The script ``name`` (read and expanded on first use)."""
@@ -261,6 +325,6 @@ class ScriptRunner:
                 kwargs.get("encoding_errors", "strict"),
                 packed=packed,
             )
-            return await _send_packed(pool, command)
+            return await _send_packed(self._kept_for(pool), command)
         except redis_errors.NoScriptError:
             return await client.eval(script.text, len(keys), *keys, *args)

@@ -420,6 +420,7 @@ class RedisBackend:
         if self._closed:
             return
         self._closed = True
+        await self._connection.scripts.close()  # the kept connections go back to the pool
         if self._owns_client:
             await self._connection.client.aclose()
 
