@@ -20,6 +20,7 @@ goes through ``execute_command`` as before.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -32,7 +33,17 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
-__all__ = ["KeptConnections", "Packed", "Script", "ScriptRunner", "load_script", "pack_evalsha"]
+__all__ = [
+    "LIBRARY_SCRIPTS",
+    "KeptConnections",
+    "Library",
+    "Packed",
+    "Script",
+    "ScriptRunner",
+    "load_script",
+    "pack_evalsha",
+    "queue_library",
+]
 
 _INCLUDE: Final = re.compile(r"^--#include ([A-Za-z0-9_]+)[ \t]*$", re.MULTILINE)
 
@@ -50,7 +61,7 @@ def _read(name: str) -> str:
     return resources.files(_PACKAGE).joinpath("scripts", f"{name}.lua").read_text("utf-8")
 
 
-def load_script(name: str) -> str:
+def _expand(name: str) -> str:
     """The text of ``scripts/NAME.lua`` with its ``--#include`` lines expanded."""
     seen: set[str] = set()
 
@@ -65,7 +76,12 @@ def load_script(name: str) -> str:
         return _INCLUDE.sub(inline, text)
 
     seen.add(name)
-    return _drop_unused(expand(_read(name)))
+    return expand(_read(name))
+
+
+def load_script(name: str) -> str:
+    """The text of ``scripts/NAME.lua``, includes expanded, helpers it never calls left out."""
+    return _drop_unused(_expand(name))
 
 
 #: A top-level helper: ``local function NAME(`` at the start of a line up to the first line
@@ -172,12 +188,14 @@ def pack_evalsha(
     errors: str = "strict",
     *,
     packed: Packed | None = None,
+    head: bytes | None = None,
 ) -> bytes:
     """``EVALSHA sha numkeys keys... args...`` in the Redis protocol, as redis-py would send it.
 
     Strings are encoded with the client's encoding; ints and floats as their ``repr`` (as
     redis-py's encoder does); bytes as they are. With ``packed`` (made from the same keys and
-    the first ``packed.nargs`` arguments) only the remaining arguments are packed here.
+    the first ``packed.nargs`` arguments) only the remaining arguments are packed here. With
+    ``head`` (``FCALL name``, packed) that command is sent instead of the ``EVALSHA``.
 
     Raises:
         redis.exceptions.DataError: An argument of another type (as redis-py raises).
@@ -185,7 +203,7 @@ def pack_evalsha(
     if packed is None:
         packed = Packed(keys, (), encoding, errors)
     rest = args[packed.nargs :]
-    parts = [b"*%d\r\n" % (2 + packed.count + len(rest)), script.head, packed.data]
+    parts = [b"*%d\r\n" % (2 + packed.count + len(rest)), head or script.head, packed.data]
     parts.extend(_bulk(_encode(value, encoding, errors)) for value in rest)
     return b"".join(parts)
 
@@ -199,6 +217,59 @@ def _lean_pool(client: Redis) -> ConnectionPool | None:
         return None
     pool: object = getattr(client, "connection_pool", None)
     return pool if isinstance(pool, ConnectionPool) else None
+
+
+#: The queue scripts: on a server with Redis Functions (7.0+) they run as the functions of one
+#: library (``FCALL``), whose helpers are made once when it is loaded instead of on every run.
+LIBRARY_SCRIPTS: Final = ("enqueue", "reserve", "ack", "settle", "manage", "inspect")
+#: Every queue function but enqueue may run when the server is out of memory (it takes entries
+#: out, or moves them): consumers can drain a full server. An enqueue is refused up front.
+_ALLOW_OOM: Final = frozenset(LIBRARY_SCRIPTS) - {"enqueue"}
+_FCALL: Final = b"$5\r\nFCALL\r\n"
+
+
+class Library:
+    """The queue scripts as one Redis Function library.
+
+    Its text is the scripts' shared helpers (``_queue.lua``, once) and one registered function
+    per script whose body is the script's own text; the scripts' ``KEYS`` and ``ARGV`` are the
+    functions' arguments. Its name carries the text's SHA1, so two versions of the driver on one
+    server load two libraries side by side instead of replacing each other's.
+    """
+
+    __slots__ = ("heads", "name", "text")
+
+    def __init__(self, scripts: Sequence[str] = LIBRARY_SCRIPTS) -> None:
+        bodies: list[str] = []
+        for name in scripts:
+            text = _read(name)
+            head, _, body = text.partition("--#include _queue\n")
+            if not body:
+                msg = f"scripts/{name}.lua does not include _queue"
+                raise ValueError(msg)
+            flags = "{'allow-oom'}" if name in _ALLOW_OOM else "{}"
+            bodies.append(
+                f"{head}redis.register_function{{function_name = '@_{name}', flags = {flags},"
+                f" callback = function(KEYS, ARGV)\n{body}end}}\n"
+            )
+        helpers = _expand("_queue")
+        text = _drop_unused(helpers + "\n" + "".join(bodies))
+        sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+        self.name = f"tta_queue_{sha[:16]}"
+        self.text = f"#!lua name={self.name}\n" + text.replace("'@_", f"'{self.name}_")
+        #: ``FCALL <library>_<script>`` in the protocol, packed once per script.
+        self.heads = {name: _FCALL + _bulk(f"{self.name}_{name}".encode()) for name in scripts}
+
+
+@functools.cache
+def queue_library() -> Library:
+    """The queue library (built once per process)."""
+    return Library()
+
+
+def _missing_function(exc: redis_errors.ResponseError) -> bool:
+    """Whether an ``FCALL`` failed because the server does not hold the library (any more)."""
+    return "function not found" in str(exc).lower()
 
 
 class KeptConnections:
@@ -276,6 +347,10 @@ class ScriptRunner:
     def __init__(self) -> None:
         self._scripts: dict[str, Script] = {}
         self._kept: KeptConnections | None = None
+        #: Whether the queue scripts run as the queue library's functions: ``None`` until the
+        #: first queue script tries to load it, then whether the server took it (a server
+        #: before Redis 7, or a user the ACL denies ``FUNCTION LOAD``, runs them by SHA).
+        self.functions: bool | None = None
 
     def _kept_for(self, pool: ConnectionPool) -> KeptConnections:
         kept = self._kept
@@ -296,6 +371,23 @@ class ScriptRunner:
             self._scripts[name] = script
         return script
 
+    async def load_library(self, client: Redis) -> bool:
+        """Load the queue library; whether the queue scripts run as its functions from now on.
+
+        A library that is there already (another client loaded it) counts as loaded. Any other
+        error reply (no ``FUNCTION`` before Redis 7, an ACL without it, a server that refuses
+        it) turns the functions off for this runner: the scripts run by SHA, as before.
+        Connection errors propagate (the caller's boundary retries them).
+        """
+        library = queue_library()
+        try:
+            await client.function_load(library.text)
+        except redis_errors.ResponseError as exc:
+            self.functions = "already exists" in str(exc)
+        else:
+            self.functions = True
+        return self.functions
+
     async def run(
         self,
         client: Redis,
@@ -305,8 +397,11 @@ class ScriptRunner:
         *,
         packed: Packed | None = None,
     ) -> Any:
-        """``EVALSHA`` the script; on ``NOSCRIPT``, ``EVAL`` it (which caches it again).
+        """Run the script: as a queue library function, else ``EVALSHA`` (``EVAL`` on ``NOSCRIPT``).
 
+        The library is only used on the lean path (a plain pooled client): it is loaded on
+        first use, and again when the server answers that it does not hold it (a restart
+        without persistence, ``FUNCTION FLUSH``), then the call is repeated once.
         ``packed``, when given, holds ``keys`` and the first ``packed.nargs`` of ``args``
         already packed (for the lean path; the other paths send ``keys`` and ``args``).
         Redis errors are not translated here: the caller runs this inside the error boundary.
@@ -317,14 +412,22 @@ class ScriptRunner:
             if pool is None:
                 return await client.evalsha(script.sha, len(keys), *keys, *args)
             kwargs = pool.connection_kwargs
-            command = pack_evalsha(
-                script,
-                keys,
-                args,
-                kwargs.get("encoding", "utf-8"),
-                kwargs.get("encoding_errors", "strict"),
-                packed=packed,
-            )
-            return await _send_packed(self._kept_for(pool), command)
+            encoding = kwargs.get("encoding", "utf-8")
+            errors = kwargs.get("encoding_errors", "strict")
+            kept = self._kept_for(pool)
+            if name in LIBRARY_SCRIPTS and (
+                self.functions or (self.functions is None and await self.load_library(client))
+            ):
+                head = queue_library().heads[name]
+                fcall = pack_evalsha(script, keys, args, encoding, errors, packed=packed, head=head)
+                try:
+                    return await _send_packed(kept, fcall)
+                except redis_errors.ResponseError as exc:
+                    if not _missing_function(exc):
+                        raise
+                if await self.load_library(client):  # the server lost it: load, call again
+                    return await _send_packed(kept, fcall)
+            evalsha = pack_evalsha(script, keys, args, encoding, errors, packed=packed)
+            return await _send_packed(kept, evalsha)
         except redis_errors.NoScriptError:
             return await client.eval(script.text, len(keys), *keys, *args)

@@ -115,7 +115,14 @@ class Connection:
         cluster: The client is a Redis Cluster client.
     """
 
-    def __init__(self, client: Redis, options: BackendOptions, *, cluster: bool = False) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        options: BackendOptions,
+        *,
+        cluster: bool = False,
+        functions: bool = True,
+    ) -> None:
         self.client = client
         self.options = options
         self.cluster = cluster
@@ -124,6 +131,8 @@ class Connection:
         self.offset_ms = 0
         self.keys = Keys(options.namespace)
         self.scripts = ScriptRunner()
+        if not functions:
+            self.scripts.functions = False  # the queue scripts run by SHA only
         self._checked = False
         self._first_use = asyncio.Lock()
         get_kwargs: Callable[[], dict[str, Any]] = client.get_connection_kwargs
@@ -274,6 +283,9 @@ class RedisBackend:
         owns_client: Close the client in :meth:`aclose` (true when built from a URL).
         tls: The connection is encrypted (``rediss://``).
         cluster: ``client`` is a ``redis.asyncio.RedisCluster`` (``redis+cluster://``).
+        functions: Run the queue scripts as the functions of the driver's library when the
+            server has Redis Functions (7.0+) and the user may load it (``FUNCTION LOAD``
+            on first use); false runs them by SHA only (``?functions=0`` in a URL).
     """
 
     def __init__(
@@ -285,9 +297,10 @@ class RedisBackend:
         owns_client: bool = False,
         tls: bool = False,
         cluster: bool = False,
+        functions: bool = True,
     ) -> None:
         self._options = options if options is not None else BackendOptions()
-        self._connection = Connection(client, self._options, cluster=cluster)
+        self._connection = Connection(client, self._options, cluster=cluster, functions=functions)
         self._owns_client = owns_client
         self._url = _masked(urlsplit(url)) if url is not None else "redis://(client)"
         capabilities = {"clock_control"}
@@ -310,7 +323,8 @@ class RedisBackend:
         any of its nodes. Query parameters other than the core's options may be
         ``socket_timeout``, ``socket_connect_timeout``, ``health_check_interval``,
         ``max_connections`` and, with ``rediss://``, ``ssl_ca_certs``, ``ssl_certfile``,
-        ``ssl_keyfile`` and ``ssl_cert_reqs``. ACL credentials travel in the URL
+        ``ssl_keyfile`` and ``ssl_cert_reqs``; ``functions=0`` runs the queue scripts by SHA
+        only (see the constructor). ACL credentials travel in the URL
         (``redis://user:password@host``) and are masked in ``url``.
 
         Raises:
@@ -322,7 +336,12 @@ class RedisBackend:
             msg = f"the redis driver serves {', '.join(SCHEMES)}, not {scheme}://"
             raise ValidationError(msg)
         client_options: dict[str, Any] = {}
-        for key, value in options.extra.items():
+        extra = dict(options.extra)
+        functions = extra.pop("functions", "1")
+        if functions not in {"0", "1"}:
+            msg = f"redis:// option functions={functions!r} is not 0 or 1"
+            raise ValidationError(msg)
+        for key, value in extra.items():
             convert = _CLIENT_OPTIONS.get(key)
             if convert is None:
                 msg = f"unknown redis:// option {key!r} (known: {', '.join(_CLIENT_OPTIONS)})"
@@ -358,6 +377,7 @@ class RedisBackend:
             owns_client=True,
             tls=scheme == "rediss",
             cluster=cluster,
+            functions=functions == "1",
         )
 
     @property

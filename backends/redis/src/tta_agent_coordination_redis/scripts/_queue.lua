@@ -31,33 +31,61 @@
 -- gates, or after a drop) means unknown: the scan runs and sets it.
 --#include _time
 
-local K_CLOCK, K_QUEUES, K_IDLE, K_INFO = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+-- The run's keys and arguments, set by bind(KEYS, ARGV), the first line of every queue script.
+-- A queue script runs either as a script (EVALSHA: everything below is made again on every
+-- run) or as a function of the queue library (FCALL, docs/redis-layout.md: the helpers are made
+-- once, when the library is loaded, and the caches below live as long as it does).
+local K_CLOCK, K_QUEUES, K_IDLE, K_INFO
 local K_META, K_BODY, K_READY, K_DELAYED, K_RESERVED, K_EXPIRY, K_DEAD, K_DEADINFO, K_SETTLED
 local K_ACKS, K_DEDUP, K_DEDUPX, K_WAKE, K_WAITERS
-if KEYS[5] then
-  K_META, K_BODY, K_READY, K_DELAYED, K_RESERVED = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-  K_EXPIRY, K_DEAD, K_DEADINFO, K_SETTLED, K_ACKS = KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14]
-  K_DEDUP, K_DEDUPX, K_WAKE, K_WAITERS = KEYS[15], KEYS[16], KEYS[17], KEYS[18]
-else
-  local p = string.sub(K_INFO, 1, -5)  -- '...:{tag}:' (the info key ends in 'info')
-  K_META, K_BODY, K_READY, K_DELAYED = p .. 'meta', p .. 'body', p .. 'ready', p .. 'delayed'
-  K_RESERVED, K_EXPIRY, K_DEAD, K_DEADINFO = p .. 'reserved', p .. 'expiry', p .. 'dead',
-    p .. 'deadinfo'
-  K_SETTLED, K_ACKS, K_DEDUP, K_DEDUPX = p .. 'settled', p .. 'acks', p .. 'dedup', p .. 'dedupx'
-  K_WAKE, K_WAITERS = p .. 'wake', p .. 'waiters'
-end
+local NAME, SETTINGS, CLUSTER, OFFSET
 
-local NAME = ARGV[1]
-local CLUSTER = ARGV[3] ~= ''
-local OFFSET = tonumber(ARGV[3])
+-- Per info key, the names of the queue's other keys; per settings argument, its numbers. Both
+-- are bounded (emptied when full): reply queues come and go.
+local NAMES, CONFS, CACHED = {}, {}, 0
+
+-- The info fields (see above), loaded by load_info(); WAIT_UNTIL (info.wt) is the latest end
+-- of a waiting consumer's registration (-1: none; see waiters below).
+local CREATED, IDLE_UNTIL, IDLE_TTL, PRUNE_AT, DUE_AT, WAIT_UNTIL = false, -1, nil, nil, nil, -1
+local CONF = nil
+
+local function bind(keys, argv)
+  K_CLOCK, K_QUEUES, K_IDLE, K_INFO = keys[1], keys[2], keys[3], keys[4]
+  if keys[5] then
+    K_META, K_BODY, K_READY, K_DELAYED, K_RESERVED = keys[5], keys[6], keys[7], keys[8], keys[9]
+    K_EXPIRY, K_DEAD, K_DEADINFO, K_SETTLED, K_ACKS = keys[10], keys[11], keys[12], keys[13],
+      keys[14]
+    K_DEDUP, K_DEDUPX, K_WAKE, K_WAITERS = keys[15], keys[16], keys[17], keys[18]
+  else
+    local names = NAMES[K_INFO]
+    if not names then
+      local p = string.sub(K_INFO, 1, -5)  -- '...:{tag}:' (the info key ends in 'info')
+      names = {p .. 'meta', p .. 'body', p .. 'ready', p .. 'delayed', p .. 'reserved',
+        p .. 'expiry', p .. 'dead', p .. 'deadinfo', p .. 'settled', p .. 'acks', p .. 'dedup',
+        p .. 'dedupx', p .. 'wake', p .. 'waiters'}
+      if CACHED >= 1000 then
+        NAMES, CONFS, CACHED = {}, {}, 0
+      end
+      NAMES[K_INFO] = names
+      CACHED = CACHED + 1
+    end
+    K_META, K_BODY, K_READY, K_DELAYED, K_RESERVED, K_EXPIRY, K_DEAD, K_DEADINFO, K_SETTLED,
+      K_ACKS, K_DEDUP, K_DEDUPX, K_WAKE, K_WAITERS = unpack(names)
+  end
+  NAME, SETTINGS = argv[1], argv[2]
+  CLUSTER = argv[3] ~= ''
+  OFFSET = CLUSTER and tonumber(argv[3]) or 0
+  CONF = CONFS[SETTINGS]
+  CREATED, IDLE_UNTIL, IDLE_TTL, PRUNE_AT, DUE_AT, WAIT_UNTIL = false, -1, nil, nil, nil, -1
+end
 
 -- The queue settings (ARGV[2]), parsed on first use: {max_queue_length, dedup_window,
 -- dead_letter_max_age, dead_letter_max_length, entry_id_retention}.
-local CONF = nil
 local function conf()
   if not CONF then
-    local a, b, c, d, e = string.match(ARGV[2], '^(%d+),(%d+),(%-?%d+),(%-?%d+),(%d+)$')
+    local a, b, c, d, e = string.match(SETTINGS, '^(%d+),(%d+),(%-?%d+),(%-?%d+),(%d+)$')
     CONF = {tonumber(a), tonumber(b), tonumber(c), tonumber(d), tonumber(e)}
+    CONFS[SETTINGS] = CONF
   end
   return CONF
 end
@@ -127,10 +155,6 @@ local function now_ms()
   end
   return tta_now(K_CLOCK)
 end
-
--- The info fields (see above), loaded by load_info(); WAIT_UNTIL (info.wt) is the latest end
--- of a waiting consumer's registration (-1: none; see waiters below).
-local CREATED, IDLE_UNTIL, IDLE_TTL, PRUNE_AT, DUE_AT, WAIT_UNTIL = false, -1, nil, nil, nil, -1
 
 local function load_info()
   local v = redis.call('HMGET', K_INFO, 'created', 'idle_until', 'idle_ttl', 'pn', 'md', 'wt')

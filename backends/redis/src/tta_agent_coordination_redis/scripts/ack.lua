@@ -1,6 +1,7 @@
 -- Ack receipts of one queue: ARGV[4] n, then n pairs (token, entry id).
 -- Returns one 1/0 per receipt: 1 for a current receipt or a repeat of a successful ack.
 --#include _queue
+bind(KEYS, ARGV)
 load_info()
 local out = {}
 local n = tonumber(ARGV[4])

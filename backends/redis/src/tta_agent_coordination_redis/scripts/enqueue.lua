@@ -7,6 +7,7 @@
 -- entry id: new, or the one a repeated entry id or dedup key resolves to) or {0} when the new
 -- entries would pass max_queue_length (nothing written).
 --#include _queue
+bind(KEYS, ARGV)
 load_info()
 local now = now_ms()
 drop_if_idle(now)

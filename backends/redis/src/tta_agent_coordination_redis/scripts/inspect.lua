@@ -6,6 +6,7 @@
 --   dead_list: ARGV[5] after sequence, ARGV[6] limit; returns {exists, more, seq, id, body,
 --     meta, info, ...} (oldest first)
 --#include _queue
+bind(KEYS, ARGV)
 load_info()
 local now = now_ms()
 if not exists() or drop_if_idle(now) then

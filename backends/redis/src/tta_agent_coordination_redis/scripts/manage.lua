@@ -7,6 +7,7 @@
 --     (dropped now or before), 2 if it exists without an idle ttl, 0 if it is kept
 --   set_ttl: ARGV[5] idle ttl ms (-1: none); creates the queue; returns 1 if it created it
 --#include _queue
+bind(KEYS, ARGV)
 load_info()
 local now = now_ms()
 local what = ARGV[4]

@@ -5,6 +5,7 @@
 -- Returns {now, deadline, next due (-1: none), id, body, meta, id, body, meta, ...}; the entries
 -- handed to the waiter come first (each with its own deadline, in its meta's dl).
 --#include _queue
+bind(KEYS, ARGV)
 load_info()
 local now = now_ms()
 if not exists() or drop_if_idle(now) then

@@ -5,6 +5,7 @@
 --   dead_letter: ARGV[7] reason, ARGV[8] error, ARGV[9] 1 if an error is given
 -- Returns 1 if the receipt was current (and the action done), else 0.
 --#include _queue
+bind(KEYS, ARGV)
 load_info()
 if not exists() then
   return 0
