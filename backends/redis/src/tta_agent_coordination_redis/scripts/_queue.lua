@@ -40,9 +40,18 @@ local K_META, K_BODY, K_READY, K_DELAYED, K_RESERVED, K_EXPIRY, K_DEAD, K_DEADIN
 local K_ACKS, K_DEDUP, K_DEDUPX, K_WAKE, K_WAITERS
 local NAME, SETTINGS, CLUSTER, OFFSET
 
--- Per info key, the names of the queue's other keys; per settings argument, its numbers. Both
--- are bounded (emptied when full): reply queues come and go.
-local NAMES, CONFS, CACHED = {}, {}, 0
+-- Per info key, the names of the queue's other keys; per settings argument, its numbers; per
+-- request options argument (enqueue.lua), its values. Bounded together (emptied when full:
+-- reply queues come and go, dedup keys differ per request). Their values are never changed.
+local NAMES, CONFS, OPTIONS, CACHED = {}, {}, {}, 0
+
+-- Count one more cached value, emptying the caches first when they are full.
+local function caching()
+  if CACHED >= 1000 then
+    NAMES, CONFS, OPTIONS, CACHED = {}, {}, {}, 0
+  end
+  CACHED = CACHED + 1
+end
 
 -- The info fields (see above), loaded by load_info(); WAIT_UNTIL (info.wt) is the latest end
 -- of a waiting consumer's registration (-1: none; see waiters below).
@@ -63,11 +72,8 @@ local function bind(keys, argv)
       names = {p .. 'meta', p .. 'body', p .. 'ready', p .. 'delayed', p .. 'reserved',
         p .. 'expiry', p .. 'dead', p .. 'deadinfo', p .. 'settled', p .. 'acks', p .. 'dedup',
         p .. 'dedupx', p .. 'wake', p .. 'waiters'}
-      if CACHED >= 1000 then
-        NAMES, CONFS, CACHED = {}, {}, 0
-      end
+      caching()
       NAMES[K_INFO] = names
-      CACHED = CACHED + 1
     end
     K_META, K_BODY, K_READY, K_DELAYED, K_RESERVED, K_EXPIRY, K_DEAD, K_DEADINFO, K_SETTLED,
       K_ACKS, K_DEDUP, K_DEDUPX, K_WAKE, K_WAITERS = unpack(names)
@@ -85,9 +91,23 @@ local function conf()
   if not CONF then
     local a, b, c, d, e = string.match(SETTINGS, '^(%d+),(%d+),(%-?%d+),(%-?%d+),(%d+)$')
     CONF = {tonumber(a), tonumber(b), tonumber(c), tonumber(d), tonumber(e)}
+    caching()
     CONFS[SETTINGS] = CONF
   end
   return CONF
+end
+
+-- A request's options (enqueue.lua): 'priority,delay ms,max_attempts,ttl ms,dedup key' as
+-- {priority, delay, max_attempts, ttl, key or nil}.
+local function request_options(raw)
+  local o = OPTIONS[raw]
+  if not o then
+    local p, d, m, t, k = string.match(raw, '^(%d+),(%d+),(%d+),(%-?%d+),(.*)$')
+    o = {tonumber(p), tonumber(d), tonumber(m), tonumber(t), k ~= '' and k or nil}
+    caching()
+    OPTIONS[raw] = o
+  end
+  return o
 end
 
 -- 2^42 ms is the year 2109: priority bands of the ready score never overlap, and the score

@@ -17,6 +17,7 @@ local now = now_ms()
 -- repeat of its receipt (answered 1, as a repeated ack is) and, to any other receipt of it,
 -- stale (answered 0, as before).
 local acked, settled, tokens, expiring = {}, {}, {}, {}
+local forget_at = n2s(now + conf()[5])  -- the end of every acked id's retention
 local ids = {}
 for i = 1, n do
   ids[i] = ARGV[4 + 2 * i]
@@ -29,7 +30,7 @@ for i = 1, n do
     if not tokens[id] then
       tokens[id] = token
       acked[#acked + 1] = id
-      settled[#settled + 1] = n2s(now + conf()[5])
+      settled[#settled + 1] = forget_at
       settled[#settled + 1] = id
       if m.x then
         expiring[#expiring + 1] = id

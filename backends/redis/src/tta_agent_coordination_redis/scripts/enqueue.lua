@@ -20,8 +20,7 @@ local last = nil
 for i = 1, n do
   local raw = ARGV[4 + i * 3]
   if raw ~= '' then
-    local p, d, m, t, k = string.match(raw, '^(%d+),(%d+),(%d+),(%-?%d+),(.*)$')
-    last = {tonumber(p), tonumber(d), tonumber(m), tonumber(t), k ~= '' and k or nil}
+    last = request_options(raw)
   end
   opts[i] = last
 end

@@ -17,7 +17,8 @@ maintain_due(now)
 local deadline = now + tonumber(ARGV[4])
 local count = tonumber(ARGV[5])
 local waiter, mode = ARGV[6], ARGV[7]
-local out = {n2s(now), n2s(deadline), '-1'}
+local until_ = n2s(deadline)  -- every entry of the batch is reserved until then
+local out = {n2s(now), until_, '-1'}
 local taken = 0
 if waiter ~= '' and mode ~= 'first' then
   -- Entries handed to this waiter since it last looked (its block ended before it popped them).
@@ -64,7 +65,7 @@ if want > 0 then
       local raw = encode_meta(m)
       fields[#fields + 1] = id
       fields[#fields + 1] = raw
-      scores[#scores + 1] = n2s(deadline)
+      scores[#scores + 1] = until_
       scores[#scores + 1] = id
       out[#out + 1] = id
       out[#out + 1] = bodies[i]
