@@ -171,7 +171,7 @@ end
 local function now_ms()
   if CLUSTER then
     local t = redis.call('TIME')
-    return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + OFFSET
+    return t[1] * 1000 + math.floor(t[2] / 1000) + OFFSET
   end
   return tta_now(K_CLOCK)
 end
@@ -179,11 +179,12 @@ end
 local function load_info()
   local v = redis.call('HMGET', K_INFO, 'created', 'idle_until', 'idle_ttl', 'pn', 'md', 'wt')
   CREATED = v[1] ~= false
-  IDLE_UNTIL = v[2] and tonumber(v[2]) or -1
-  IDLE_TTL = v[3] and tonumber(v[3]) or nil
-  PRUNE_AT = v[4] and tonumber(v[4]) or nil
-  DUE_AT = v[5] and tonumber(v[5]) or nil
-  WAIT_UNTIL = v[6] and tonumber(v[6]) or -1
+  -- '+ 0' converts a numeric string once (tonumber converts it twice: it is on every call).
+  IDLE_UNTIL = v[2] and v[2] + 0 or -1
+  IDLE_TTL = v[3] and v[3] + 0 or nil
+  PRUNE_AT = v[4] and v[4] + 0 or nil
+  DUE_AT = v[5] and v[5] + 0 or nil
+  WAIT_UNTIL = v[6] and v[6] + 0 or -1
 end
 
 local function exists()

@@ -3,6 +3,6 @@
 -- deadline. `clock_key` must be one of the script's KEYS.
 local function tta_now(clock_key)
   local t = redis.call('TIME')
-  local offset = tonumber(redis.call('GET', clock_key) or '0') or 0
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + offset
+  -- Arithmetic converts the replies' numeric strings, once each (tonumber converts twice).
+  return t[1] * 1000 + math.floor(t[2] / 1000) + (redis.call('GET', clock_key) or 0)
 end

@@ -4,7 +4,7 @@
 bind(KEYS, ARGV)
 load_info()
 local out = {}
-local n = tonumber(ARGV[4])
+local n = ARGV[4] + 0
 if not exists() then
   for i = 1, n do
     out[i] = 0

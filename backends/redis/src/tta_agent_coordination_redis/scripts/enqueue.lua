@@ -12,7 +12,7 @@ load_info()
 local now = now_ms()
 drop_if_idle(now)
 prune(now)
-local n = tonumber(ARGV[4])
+local n = ARGV[4] + 0
 -- Request i: its id ARGV[2 + 3i], its body ARGV[3 + 3i], its options opts[i] =
 -- {priority, delay ms, max_attempts, ttl ms, dedup key or nil}.
 local opts = {}

@@ -14,8 +14,8 @@ end
 touch(now)
 prune(now)
 maintain_due(now)
-local deadline = now + tonumber(ARGV[4])
-local count = tonumber(ARGV[5])
+local deadline = now + ARGV[4]
+local count = ARGV[5] + 0
 local waiter, mode = ARGV[6], ARGV[7]
 local until_ = n2s(deadline)  -- every entry of the batch is reserved until then
 local out = {n2s(now), until_, '-1'}
