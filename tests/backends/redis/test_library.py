@@ -138,6 +138,27 @@ async def test_a_user_who_may_not_load_functions_runs_the_scripts_by_sha(
         server.acl_deluser(user)
 
 
+async def test_a_user_who_may_load_but_not_call_functions_runs_the_scripts_by_sha(
+    private_server: str, server: sync_redis.Redis
+) -> None:
+    user, password = f"nofcall{uuid.uuid4().hex[:8]}", "pw-nofcall"
+    server.acl_setuser(
+        user,
+        enabled=True,
+        passwords=[f"+{password}"],
+        keys=["*"],
+        commands=["+@all", "-fcall"],
+    )
+    try:
+        url = private_server.replace("redis://", f"redis://{user}:{password}@")
+        async with fresh(url) as backend:
+            await cycle(backend)
+            assert backend._connection.scripts.functions is False
+        assert libraries(server) == [_scripts.queue_library().name]  # loaded, never called
+    finally:
+        server.acl_deluser(user)
+
+
 async def test_out_of_memory_an_enqueue_is_refused_and_consumers_still_drain(
     private_server: str, server: sync_redis.Redis
 ) -> None:

@@ -267,6 +267,11 @@ def queue_library() -> Library:
     return Library()
 
 
+def _fcall_denied(exc: redis_errors.ResponseError) -> bool:
+    """Whether an ``FCALL`` was refused because the user's ACL does not allow ``FCALL``."""
+    return isinstance(exc, redis_errors.NoPermissionError) and "'fcall'" in str(exc).lower()
+
+
 def _missing_function(exc: redis_errors.ResponseError) -> bool:
     """Whether an ``FCALL`` failed because the server does not hold the library (any more)."""
     return "function not found" in str(exc).lower()
@@ -376,7 +381,8 @@ class ScriptRunner:
 
         A library that is there already (another client loaded it) counts as loaded. Any other
         error reply (no ``FUNCTION`` before Redis 7, an ACL without it, a server that refuses
-        it) turns the functions off for this runner: the scripts run by SHA, as before.
+        it) turns the functions off for this runner: the scripts run by SHA, as before (so
+        does an ``FCALL`` the ACL refuses, in :meth:`run`).
         Connection errors propagate (the caller's boundary retries them).
         """
         library = queue_library()
@@ -423,10 +429,12 @@ class ScriptRunner:
                 try:
                     return await _send_packed(kept, fcall)
                 except redis_errors.ResponseError as exc:
-                    if not _missing_function(exc):
+                    if _fcall_denied(exc):
+                        self.functions = False  # an ACL that allows FUNCTION LOAD, not FCALL
+                    elif not _missing_function(exc):
                         raise
-                if await self.load_library(client):  # the server lost it: load, call again
-                    return await _send_packed(kept, fcall)
+                    elif await self.load_library(client):  # the server lost it: load, again
+                        return await _send_packed(kept, fcall)
             evalsha = pack_evalsha(script, keys, args, encoding, errors, packed=packed)
             return await _send_packed(kept, evalsha)
         except redis_errors.NoScriptError:
