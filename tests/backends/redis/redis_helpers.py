@@ -190,6 +190,16 @@ class Servers:
         self.ports.clear()
 
 
+def command_calls(server: str | redis.Redis) -> dict[str, int]:
+    """The server's calls per command so far (``INFO commandstats``, scripts' inner calls too),
+    from a URL or a client."""
+    if isinstance(server, str):
+        with redis.Redis.from_url(server) as client:
+            return command_calls(client)
+    stats = cast("dict[str, dict[str, Any]]", server.info("commandstats"))
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
 def pop_scripts(calls: dict[str, int]) -> int:
     """Take the script calls out of ``INFO commandstats`` counts: ``EVALSHA`` and ``FCALL``
     (the queue scripts run as library functions on a server that has them)."""

@@ -16,9 +16,8 @@ from typing import Any, cast
 import anyio
 import anyio.lowlevel
 import pytest
-import redis as sync_redis
 
-from redis_helpers import fresh
+from redis_helpers import command_calls, fresh, pop_scripts
 from tta_agent_coordination.errors import BackendUnavailableError
 from tta_agent_coordination.models import AgentId, AgentMessage, Delivery, EnqueueRequest
 from tta_agent_coordination_redis import RedisBackend
@@ -76,9 +75,7 @@ async def register(backend: RedisBackend, waiter: str, visibility_ms: int = 30_0
 
 
 def script_calls(url: str) -> int:
-    with sync_redis.Redis.from_url(url) as client:
-        stats = cast("dict[str, dict[str, Any]]", client.info("commandstats"))
-    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "fcall"))
+    return pop_scripts(command_calls(url))
 
 
 async def test_a_waiting_consumer_gets_the_new_entry_without_another_script(

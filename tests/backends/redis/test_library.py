@@ -15,7 +15,7 @@ from typing import Any, cast
 import pytest
 import redis as sync_redis
 
-from redis_helpers import fresh
+from redis_helpers import command_calls, fresh
 from tta_agent_coordination import connect
 from tta_agent_coordination.errors import BackendError, ValidationError
 from tta_agent_coordination.models import AgentId, AgentMessage
@@ -44,11 +44,6 @@ def server(private_server: str) -> Iterator[sync_redis.Redis]:
         yield admin
 
 
-def calls(server: sync_redis.Redis) -> dict[str, int]:
-    stats = cast("dict[str, dict[str, Any]]", server.info("commandstats"))
-    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
-
-
 def libraries(server: sync_redis.Redis) -> list[str]:
     listed = cast("list[list[Any]]", server.function_list())  # [b"library_name", name, ...]
     return [dict(zip(row[::2], row[1::2], strict=True))[b"library_name"].decode() for row in listed]
@@ -72,7 +67,7 @@ async def test_the_queue_scripts_run_as_the_library_functions(
     async with fresh(private_server) as backend:
         await cycle(backend)
         assert backend._connection.scripts.functions is True
-        ran = calls(server)
+        ran = command_calls(server)
     library = _scripts.queue_library()
     assert libraries(server) == [library.name]
     assert library.name.startswith("tta_queue_")
@@ -91,7 +86,7 @@ async def test_functions_off_runs_the_scripts_by_sha(
         await cycle(backend)
         await backend.drop_namespace()
     assert libraries(server) == []
-    ran = calls(server)
+    ran = command_calls(server)
     assert ran.get("fcall", 0) == 0
     assert ran["evalsha"] >= 6
 
@@ -111,50 +106,33 @@ async def test_a_server_that_lost_the_library_gets_it_again_in_the_same_call(
         server.config_resetstat()
         await backend.queue.enqueue(message())
         assert (await backend.queue.stats(QUEUE)).ready == 2
-        ran = calls(server)
+        ran = command_calls(server)
         assert ran["function|load"] == 1
         assert ran["fcall"] == 3  # the enqueue refused, the enqueue again, the stats
         assert backend._connection.scripts.functions is True
 
 
-async def test_a_user_who_may_not_load_functions_runs_the_scripts_by_sha(
-    private_server: str, server: sync_redis.Redis
+@pytest.mark.parametrize(
+    ("denied", "loaded"),
+    [("function", False), ("fcall", True)],  # may not load it; may load it, not call it
+)
+async def test_a_user_the_acl_denies_functions_runs_the_scripts_by_sha(
+    private_server: str, server: sync_redis.Redis, denied: str, loaded: bool
 ) -> None:
-    user, password = f"nofn{uuid.uuid4().hex[:8]}", "pw-nofn"
+    user, password = f"no{denied}{uuid.uuid4().hex[:8]}", "pw-acl"
     server.acl_setuser(
         user,
         enabled=True,
         passwords=[f"+{password}"],
         keys=["*"],
-        commands=["+@all", "-function"],
+        commands=["+@all", f"-{denied}"],
     )
     try:
         url = private_server.replace("redis://", f"redis://{user}:{password}@")
         async with fresh(url) as backend:
             await cycle(backend)
             assert backend._connection.scripts.functions is False
-        assert libraries(server) == []
-    finally:
-        server.acl_deluser(user)
-
-
-async def test_a_user_who_may_load_but_not_call_functions_runs_the_scripts_by_sha(
-    private_server: str, server: sync_redis.Redis
-) -> None:
-    user, password = f"nofcall{uuid.uuid4().hex[:8]}", "pw-nofcall"
-    server.acl_setuser(
-        user,
-        enabled=True,
-        passwords=[f"+{password}"],
-        keys=["*"],
-        commands=["+@all", "-fcall"],
-    )
-    try:
-        url = private_server.replace("redis://", f"redis://{user}:{password}@")
-        async with fresh(url) as backend:
-            await cycle(backend)
-            assert backend._connection.scripts.functions is False
-        assert libraries(server) == [_scripts.queue_library().name]  # loaded, never called
+        assert libraries(server) == ([_scripts.queue_library().name] if loaded else [])
     finally:
         server.acl_deluser(user)
 

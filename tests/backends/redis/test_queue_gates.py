@@ -9,12 +9,9 @@ as does a queue written before the gates existed.
 
 from __future__ import annotations
 
-from typing import cast
-
 import pytest
-import redis as sync_redis
 
-from redis_helpers import fresh, pop_scripts
+from redis_helpers import command_calls, fresh, pop_scripts
 from tta_agent_coordination.models import AgentId, AgentMessage, Delivery, EnqueueRequest
 from tta_agent_coordination_redis import RedisBackend
 
@@ -31,13 +28,6 @@ def anyio_backend() -> str:
 
 def message(ttl: float | None = None) -> AgentMessage:
     return AgentMessage(sender=SENDER, recipient=QUEUE, payload={"x": 1}, ttl=ttl)
-
-
-def calls(url: str) -> dict[str, int]:
-    """Calls per command so far on the server (``INFO commandstats``, scripts' inner ones too)."""
-    with sync_redis.Redis.from_url(url) as client:
-        stats = cast("dict[str, dict[str, int]]", client.info("commandstats"))
-    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -70,15 +60,15 @@ async def test_the_common_calls_skip_the_scans(private_server: str) -> None:
             await store.ack((await reserve_one(backend)).receipt)
         await store.enqueue(message())
 
-        before = calls(private_server)
+        before = command_calls(private_server)
         await store.enqueue(message())
-        enqueue = delta(before, calls(private_server))
-        before = calls(private_server)
+        enqueue = delta(before, command_calls(private_server))
+        before = command_calls(private_server)
         delivery = await reserve_one(backend)
-        reserve = delta(before, calls(private_server))
-        before = calls(private_server)
+        reserve = delta(before, command_calls(private_server))
+        before = command_calls(private_server)
         assert await store.ack(delivery.receipt)
-        ack = delta(before, calls(private_server))
+        ack = delta(before, command_calls(private_server))
 
     # one script call each; no scan of a sorted set by score in any of them
     for ran in (enqueue, reserve, ack):
@@ -154,15 +144,15 @@ async def test_a_batch_costs_a_fixed_number_of_commands(private_server: str) -> 
         await store.enqueue(message())  # the queue exists and has a settled id
         await store.ack((await reserve_one(backend)).receipt)
 
-        before = calls(private_server)
+        before = command_calls(private_server)
         await store.enqueue_many([EnqueueRequest(message=message()) for _ in range(50)])
-        enqueue = delta(before, calls(private_server))
-        before = calls(private_server)
+        enqueue = delta(before, command_calls(private_server))
+        before = command_calls(private_server)
         deliveries = await store.reserve(QUEUE, visibility_timeout=30, max_messages=50)
-        reserve = delta(before, calls(private_server))
-        before = calls(private_server)
+        reserve = delta(before, command_calls(private_server))
+        before = command_calls(private_server)
         assert await store.ack_many([d.receipt for d in deliveries]) == [True] * 50
-        ack = delta(before, calls(private_server))
+        ack = delta(before, command_calls(private_server))
 
     assert len(deliveries) == 50
     for ran in (enqueue, reserve, ack):

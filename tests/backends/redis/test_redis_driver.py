@@ -20,7 +20,7 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
 
-from redis_helpers import REDIS_URL, free_port, fresh, pop_scripts
+from redis_helpers import REDIS_URL, command_calls, free_port, fresh, pop_scripts
 from tta_agent_coordination import connect
 from tta_agent_coordination.errors import (
     BackendConfigWarning,
@@ -192,12 +192,6 @@ async def test_round_trips_do_not_grow_with_the_queue(round_trips: RoundTrips) -
 # -- an idle waiting consumer -------------------------------------------------------------
 
 
-def _commands(client: sync_redis.Redis) -> dict[str, int]:
-    """Calls per command since the last ``CONFIG RESETSTAT`` (scripts' inner calls too)."""
-    stats: dict[str, Any] = client.info("commandstats")  # pyright: ignore[reportAssignmentType]
-    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
-
-
 async def test_an_idle_waiting_consumer_sends_next_to_nothing(
     private_server: str, round_trips: RoundTrips
 ) -> None:
@@ -216,7 +210,7 @@ async def test_an_idle_waiting_consumer_sends_next_to_nothing(
         )
         assert got == []
         assert time.monotonic() - start >= 1.9
-        calls = _commands(server)
+        calls = command_calls(server)
     server.close()
     # one reserve script (which registers the waiter), one BLPOP blocked for the whole wait,
     # one reserve script at the end (which leaves the waiters): nothing else was sent
@@ -268,7 +262,7 @@ async def test_an_idle_minute_costs_next_to_nothing(
             lambda: store.reserve(QUEUE, visibility_timeout=10, wait=60)
         )
         assert got == []
-        calls = _commands(server)
+        calls = command_calls(server)
         block = backend.connection.max_block
     server.close()
     blocks = 1 if block is None else math.ceil(60 / block)

@@ -21,11 +21,10 @@ from typing import Any, cast
 
 import anyio
 import pytest
-import redis as sync_redis
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from redis_helpers import REDIS_URL
+from redis_helpers import REDIS_URL, command_calls
 from tta_agent_coordination.errors import AgentConflictError, EventsGapError
 from tta_agent_coordination.models import (
     AgentId,
@@ -387,13 +386,6 @@ async def test_a_long_wait_survives_a_short_socket_timeout(namespace: str) -> No
 
 
 # -- server-side counts, on a private server (the conftest's) ----------------------------
-
-
-def command_calls(url: str) -> dict[str, int]:
-    """The server's calls per command so far (INFO commandstats), scripts' inner calls too."""
-    with sync_redis.Redis.from_url(url) as client:
-        stats = cast("dict[str, dict[str, int]]", client.info("commandstats"))
-    return {name.removeprefix("cmdstat_"): entry["calls"] for name, entry in stats.items()}
 
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
