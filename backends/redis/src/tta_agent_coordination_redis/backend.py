@@ -47,8 +47,8 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio import connection as redis_connection
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from tta_agent_coordination.errors import BackendConfigWarning, BackendError, ValidationError
 from tta_agent_coordination.settings import BackendOptions
