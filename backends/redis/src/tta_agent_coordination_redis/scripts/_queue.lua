@@ -595,3 +595,80 @@ local function take_waiter(now)
   local sep = string.find(live[1], '|', 1, true)
   return {string.sub(live[1], 1, sep - 1), tonumber(string.sub(live[1], sep + 1))}
 end
+
+-- Append the pair a, b to the list (the variadic commands' arguments).
+local function push(list, a, b)
+  list[#list + 1] = a
+  list[#list + 1] = b
+end
+
+-- Hand a new entry (`o` its request options) to a waiting consumer, if one may take it: the
+-- entry is due now, a consumer is registered as waiting, nothing is ready before it and
+-- nothing is due by the gate. The entry is reserved for that consumer and pushed, with its
+-- meta, to the consumer's own list: its blocked BLPOP returns the delivery itself
+-- (docs/decisions/0005-redis-handoff.md). Returns whether it was handed.
+local function hand_off(id, body, o, now)
+  if WAIT_UNTIL <= now or CLUSTER or o[2] ~= 0 or not DUE_AT or (DUE_AT >= 0 and DUE_AT <= now)
+      or redis.call('ZCARD', K_READY) ~= 0 then
+    return false
+  end
+  local waiter = take_waiter(now)
+  if not waiter then
+    return false
+  end
+  local key, ttl = o[5], o[4]
+  local token, visibility = waiter[1], waiter[2]
+  local m = {p = o[1], a = 1, m = o[3], e = now, s = 'v',
+    t = token, dl = now + visibility, q = redis.call('HINCRBY', K_INFO, 'seq', 1)}
+  if ttl >= 0 then  -- a reserved entry stays out of the expiry set (as reserve leaves it)
+    m.ttl = ttl
+    m.x = now + ttl
+  end
+  if key then
+    m.k = key
+    redis.call('HSET', K_DEDUP, key, id)
+  end
+  local raw = encode_meta(m)
+  redis.call('HSET', K_BODY, id, body)
+  redis.call('HSET', K_META, id, raw)
+  redis.call('ZADD', K_RESERVED, n2s(m.dl), id)
+  due_by(m.dl)
+  local hand = hand_key(token)
+  redis.call('RPUSH', hand, cjson.encode({id, raw, body}))
+  redis.call('PEXPIRE', hand, visibility)  -- nobody popped it by then: the entry is reclaimed
+  return true
+end
+
+-- Write one new entry (`o` its request options): what enqueue.lua's batch writes do for each
+-- entry, one command per structure, with no list built.
+local function write_one(id, body, o, now)
+  local key, ttl = o[5], o[4]
+  local m = {p = o[1], a = 1, m = o[3], q = redis.call('HINCRBY', K_INFO, 'seq', 1), e = now}
+  local soonest = -1  -- the earliest ttl or delay deadline
+  if ttl >= 0 then
+    m.ttl = ttl
+    m.x = now + ttl
+    redis.call('ZADD', K_EXPIRY, n2s(m.x), id)
+    soonest = m.x
+  end
+  if key then
+    m.k = key
+    redis.call('HSET', K_DEDUP, key, id)
+  end
+  redis.call('HSET', K_BODY, id, body)
+  local due = now + o[2]
+  if due > now then
+    m.s = 'd'
+    redis.call('ZADD', K_DELAYED, n2s(due), id)
+    if soonest < 0 or due < soonest then
+      soonest = due
+    end
+  else
+    m.s = 'r'
+    redis.call('ZADD', K_READY, n2s((9 - m.p) * BAND + due), ready_member(id, m))
+  end
+  redis.call('HSET', K_META, id, encode_meta(m))
+  if soonest >= 0 then
+    due_by(soonest)
+  end
+end

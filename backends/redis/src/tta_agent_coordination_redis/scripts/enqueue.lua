@@ -13,6 +13,28 @@ local now = now_ms()
 drop_if_idle(now)
 prune(now)
 local n = ARGV[4] + 0
+if n == 1 then
+  -- One request (a plain send): the same steps as a batch's below, without its tables.
+  local id, body, o = ARGV[5], ARGV[6], request_options(ARGV[7])
+  local key = o[5]
+  local found = nil
+  if CREATED and (redis.call('HEXISTS', K_META, id) == 1
+      or (PRUNE_AT ~= -1 and redis.call('ZSCORE', K_SETTLED, id))) then
+    found = id  -- a repeated entry id (live, dead or settled)
+  elseif key then
+    found = redis.call('HGET', K_DEDUP, key) or nil
+  end
+  if not found and over_cap(1) then
+    return {0}
+  end
+  local created = create()
+  touch(now)
+  if not found and not hand_off(id, body, o, now) then
+    write_one(id, body, o, now)
+    wake()
+  end
+  return {1, created and 1 or 0, found or id}
+end
 -- Request i: its id ARGV[2 + 3i], its body ARGV[3 + 3i], its options opts[i] =
 -- {priority, delay ms, max_attempts, ttl ms, dedup key or nil}.
 local opts = {}
@@ -66,49 +88,14 @@ if #fresh > 0 and over_cap(#fresh) then
 end
 local created = create()
 touch(now)
--- One new entry due now, a consumer registered as waiting, nothing ready before it and nothing
--- due by the gate: the entry is reserved for that consumer and handed to it on its own list
--- (docs/decisions/0005-redis-handoff.md). Its blocked BLPOP returns the delivery itself.
-local handed = false
-if #fresh == 1 and WAIT_UNTIL > now and not CLUSTER and opts[fresh[1]][2] == 0
-    and DUE_AT and (DUE_AT < 0 or DUE_AT > now) and redis.call('ZCARD', K_READY) == 0 then
-  local waiter = take_waiter(now)
-  if waiter then
-    handed = true
-    local i = fresh[1]
-    local id, body, o = ARGV[2 + i * 3], ARGV[3 + i * 3], opts[i]
-    local key, ttl = o[5], o[4]
-    local token, visibility = waiter[1], waiter[2]
-    local m = {p = o[1], a = 1, m = o[3], e = now, s = 'v',
-      t = token, dl = now + visibility, q = redis.call('HINCRBY', K_INFO, 'seq', 1)}
-    if ttl >= 0 then  -- a reserved entry stays out of the expiry set (as reserve leaves it)
-      m.ttl = ttl
-      m.x = now + ttl
-    end
-    if key then
-      m.k = key
-      redis.call('HSET', K_DEDUP, key, id)
-    end
-    local raw = encode_meta(m)
-    redis.call('HSET', K_BODY, id, body)
-    redis.call('HSET', K_META, id, raw)
-    redis.call('ZADD', K_RESERVED, n2s(m.dl), id)
-    due_by(m.dl)
-    local hand = hand_key(token)
-    redis.call('RPUSH', hand, cjson.encode({id, raw, body}))
-    redis.call('PEXPIRE', hand, visibility)  -- nobody popped it by then: the entry is reclaimed
-  end
-end
+local handed = #fresh == 1 and hand_off(ARGV[2 + fresh[1] * 3], ARGV[3 + fresh[1] * 3],
+  opts[fresh[1]], now)
 if #fresh > 0 and not handed then
   -- The new entries' writes go out as one variadic command per structure (what admit() and
   -- push_due() do for one entry, for the whole batch): sequence numbers are taken in one step.
   local first = redis.call('HINCRBY', K_INFO, 'seq', #fresh) - #fresh
   local bodies, metas, ready, delayed, expiry, dedup = {}, {}, {}, {}, {}, {}
   local soonest = -1  -- the earliest ttl or delay deadline of the batch
-  local function push(list, a, b)
-    list[#list + 1] = a
-    list[#list + 1] = b
-  end
   for k, i in ipairs(fresh) do
     local id, o = ARGV[2 + i * 3], opts[i]
     local key, ttl = o[5], o[4]
