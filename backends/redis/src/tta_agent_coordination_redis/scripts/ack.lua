@@ -12,6 +12,29 @@ if not exists() then
   return out
 end
 local now = now_ms()
+if n == 1 then
+  -- One receipt (the common ack): the same steps as a batch's below, without its tables.
+  local token, id = ARGV[5], ARGV[6]
+  local m = current(token, id, now)
+  if m then
+    local forget_at = now + conf()[5]  -- the end of the acked id's retention
+    redis.call('ZREM', K_RESERVED, id)
+    if m.x then
+      redis.call('ZREM', K_EXPIRY, id)
+    end
+    redis.call('HDEL', K_META, id)
+    redis.call('HDEL', K_BODY, id)
+    redis.call('ZADD', K_SETTLED, n2s(forget_at), id)
+    redis.call('HSET', K_ACKS, id, token)
+    release_dedup(id, m, now)
+    prune_by(forget_at)
+    return {1}
+  end
+  if redis.call('ZSCORE', K_SETTLED, id) and redis.call('HGET', K_ACKS, id) == token then
+    return {1}  -- a repeat of a successful ack
+  end
+  return {0}
+end
 -- The writes of every current receipt are gathered and sent as one variadic command per
 -- structure after the loop. An entry acked earlier in the same batch still looks current to a
 -- repeat of its receipt (answered 1, as a repeated ack is) and, to any other receipt of it,

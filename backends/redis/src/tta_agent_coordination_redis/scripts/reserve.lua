@@ -39,7 +39,36 @@ if waiter ~= '' and mode ~= 'first' then
   end
 end
 local want = count - taken
-if want > 0 then
+if want == 1 then
+  -- One entry (the common reserve): the same steps as a batch's below, without its tables.
+  local members = redis.call('ZRANGE', K_READY, 0, 1)  -- and whether more is ready after it
+  if #members > 0 then
+    local member = members[1]
+    local id = string.sub(member, 13)
+    local m = cjson.decode(redis.call('HGET', K_META, id))
+    local body = redis.call('HGET', K_BODY, id)
+    redis.call('ZREM', K_READY, member)
+    if m.x then
+      redis.call('ZREM', K_EXPIRY, id)
+    end
+    m.s = 'v'
+    m.t = ARGV[9]
+    m.dl = deadline
+    local raw = encode_meta(m)
+    redis.call('HSET', K_META, id, raw)
+    redis.call('ZADD', K_RESERVED, until_, id)
+    due_by(deadline)
+    out[#out + 1] = id
+    out[#out + 1] = body
+    out[#out + 1] = raw
+    taken = taken + 1
+  end
+  if #members > 1 then
+    wake()  -- more is ready: pass the wake-up on to the next waiting consumer
+  else
+    redis.call('DEL', K_WAKE)  -- nothing ready: a left-over wake-up would only wake a waiter idly
+  end
+elseif want > 0 then
   -- One more than asked for: whether more is ready after this batch, without a ZCARD.
   local members = redis.call('ZRANGE', K_READY, 0, want)
   local more = #members > want
