@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import statistics
@@ -11,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
 
 #: About 200 bytes of JSON, the same for every system measured.
 TEXT = "lorem ipsum dolor sit amet " * 6
@@ -26,10 +26,12 @@ PAYLOAD_BYTES = len(json.dumps(payload(0)))
 
 
 class RoundTrips:
-    """Counts the round trips this process's redis-py asyncio clients make.
+    """Counts the round trips this process's asyncio Redis clients make.
 
-    One ``send_packed_command`` is one write to the socket followed by its replies: a single
-    command, an ``EVALSHA`` or a whole pipeline. Counted on the client, as the issue asks.
+    One write to a socket (``asyncio.StreamWriter.write`` or ``writelines``) is one round
+    trip: a single command, a script call or a whole pipeline. redis-py writes each with
+    ``writelines``; our driver's script calls write their packed bytes with ``write``. Counted
+    on the client, as the issue asks.
     """
 
     count = 0
@@ -39,14 +41,20 @@ class RoundTrips:
     def install(cls) -> None:
         if cls._installed:
             return
-        original = AbstractConnection.send_packed_command
+        write, writelines = asyncio.StreamWriter.write, asyncio.StreamWriter.writelines
 
-        @functools.wraps(original)
-        async def counted(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+        @functools.wraps(write)
+        def counted_write(self: asyncio.StreamWriter, data: Any) -> None:
             cls.count += 1
-            await original(self, *args, **kwargs)
+            write(self, data)
 
-        AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
+        @functools.wraps(writelines)
+        def counted_writelines(self: asyncio.StreamWriter, data: Any) -> None:
+            cls.count += 1
+            writelines(self, data)
+
+        asyncio.StreamWriter.write = counted_write  # type: ignore[method-assign]
+        asyncio.StreamWriter.writelines = counted_writelines  # type: ignore[method-assign]
         cls._installed = True
 
 

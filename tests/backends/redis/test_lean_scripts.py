@@ -9,17 +9,23 @@ batch test passes on the per-entry scripts too).
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+import anyio
 import pytest
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 
-from redis_helpers import REDIS_URL
+from redis_helpers import REDIS_URL, Servers
+from tta_agent_coordination.errors import BackendUnavailableError
 from tta_agent_coordination.models import AgentId, AgentMessage, EnqueueRequest
+from tta_agent_coordination.plugins import connect
 from tta_agent_coordination.settings import BackendOptions
 from tta_agent_coordination_redis import RedisBackend, _scripts
 
@@ -292,3 +298,118 @@ async def test_a_batch_acks_like_one_receipt_at_a_time(namespace: str) -> None:
             assert (await store.stats(QUEUE)).live == 1  # the delayed one
         finally:
             await backend.drop_namespace()
+
+
+# -- writing: straight to the socket when it takes the command whole -------------------------
+
+
+def big_batch(count: int, size: int) -> list[EnqueueRequest]:
+    """``count`` requests of about ``size`` bytes each."""
+    return [
+        EnqueueRequest(
+            message=AgentMessage(sender=QUEUE, recipient=QUEUE, payload={"x": "y" * size})
+        )
+        for _ in range(count)
+    ]
+
+
+async def test_a_command_the_socket_takes_whole_skips_redis_py_send(
+    namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once connected, a script call is written to the transport directly: redis-py's
+    ``send_packed_command`` (an ``asyncio.wait_for`` task per command on Python 3.11) is not
+    called, and the calls do what they do."""
+    sent: list[bytes] = []
+    original = Connection.send_packed_command
+
+    async def counting(self: Connection, command: Any, check_health: bool = True) -> None:
+        sent.append(command)
+        await original(self, command, check_health)
+
+    async with RedisBackend.from_url(REDIS_URL, BackendOptions(namespace=namespace)) as backend:
+        store = backend.queue
+        try:
+            await store.enqueue(message(0))  # connect, load the library
+            monkeypatch.setattr(Connection, "send_packed_command", counting)
+            entry = await store.enqueue(message(1))
+            got = await store.reserve(QUEUE, visibility_timeout=30, max_messages=2)
+            assert await store.ack_many([d.receipt for d in got]) == [True, True]
+            assert entry in [d.entry_id for d in got]
+            assert sent == []
+        finally:
+            monkeypatch.undo()
+            await backend.drop_namespace()
+
+
+async def test_a_health_checked_connection_is_written_through_redis_py(
+    namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``health_check_interval`` set, redis-py's send runs (it pings a quiet connection)."""
+    sent: list[bytes] = []
+    original = Connection.send_packed_command
+
+    async def counting(self: Connection, command: Any, check_health: bool = True) -> None:
+        sent.append(command)
+        await original(self, command, check_health)
+
+    url = f"{REDIS_URL}?health_check_interval=30"
+    async with connect(url, namespace=namespace) as backend:
+        try:
+            await backend.queue.enqueue(message(0))
+            monkeypatch.setattr(Connection, "send_packed_command", counting)
+            await backend.queue.enqueue(message(1))
+            assert len(sent) == 1
+        finally:
+            monkeypatch.undo()
+            await backend.drop_namespace()
+
+
+async def test_a_command_larger_than_the_socket_takes_is_written_in_full(
+    namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the socket does not take at once is waited for: an 8 MB batch arrives whole."""
+    drains = 0
+    original = asyncio.StreamWriter.drain
+
+    async def counting(self: asyncio.StreamWriter) -> None:
+        nonlocal drains
+        drains += 1
+        await original(self)
+
+    async with RedisBackend.from_url(REDIS_URL, BackendOptions(namespace=namespace)) as backend:
+        store = backend.queue
+        try:
+            await store.enqueue(message(0))
+            monkeypatch.setattr(asyncio.StreamWriter, "drain", counting)
+            ids = await store.enqueue_many(big_batch(16, 500_000))
+            monkeypatch.undo()
+            assert drains >= 1
+            assert len(set(ids)) == 16
+            assert (await store.stats(QUEUE)).ready == 17
+        finally:
+            monkeypatch.undo()
+            await backend.drop_namespace()
+
+
+async def test_a_write_the_server_does_not_take_in_time_fails_typed_then_calls_work(
+    servers: Servers,
+) -> None:
+    """A stopped server takes no more bytes: the write gives up after the socket timeout with a
+    ``BackendUnavailableError`` (the driver's retry gives up too), drops the connection, and
+    once the server runs again the next call works on a fresh one."""
+    port = servers.start()
+    proc = servers.ports[port]
+    url = f"redis://127.0.0.1:{port}/0?socket_timeout=0.5&socket_connect_timeout=0.5"
+    async with connect(url, namespace="stall") as backend:
+        store = backend.queue
+        await store.enqueue(message(0))
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            with anyio.fail_after(20), pytest.raises(BackendUnavailableError):
+                await store.enqueue_many(big_batch(16, 500_000))
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        await store.enqueue(message(1))
+        # As with any lost reply, the batch may have been run (the bytes the socket had taken
+        # reach the server when it runs again), but whole or not at all: it is one script.
+        assert (await store.stats(QUEUE)).ready in (2, 18)

@@ -7,6 +7,7 @@ server's configuration is never touched.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import warnings
@@ -17,7 +18,6 @@ import anyio
 import pytest
 import redis as sync_redis
 from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
 
 from redis_helpers import REDIS_URL, command_calls, free_port, fresh, pop_scripts
@@ -50,19 +50,26 @@ def message(priority: int = 5, ttl: float | None = None) -> AgentMessage:
 
 
 class RoundTrips:
-    """Counts what the client writes to its sockets (one packed write is one round trip)."""
+    """Counts what the client writes to its sockets (one write is one round trip).
+
+    redis-py writes a command or a pipeline with ``StreamWriter.writelines``; the driver's
+    script calls write their packed bytes with ``StreamWriter.write``.
+    """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
-        original = AbstractConnection.send_packed_command
+        write, writelines = asyncio.StreamWriter.write, asyncio.StreamWriter.writelines
 
-        async def counting(
-            conn: AbstractConnection, command: Any, check_health: bool = True
-        ) -> None:
+        def counting_write(writer: asyncio.StreamWriter, data: Any) -> None:
             self.count += 1
-            await original(conn, command, check_health)
+            write(writer, data)
 
-        monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+        def counting_writelines(writer: asyncio.StreamWriter, data: Any) -> None:
+            self.count += 1
+            writelines(writer, data)
+
+        monkeypatch.setattr(asyncio.StreamWriter, "write", counting_write)
+        monkeypatch.setattr(asyncio.StreamWriter, "writelines", counting_writelines)
 
     async def measure(self, call: Callable[[], Awaitable[Any]]) -> tuple[int, Any]:
         before = self.count

@@ -20,6 +20,7 @@ goes through ``execute_command`` as before.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import os
@@ -323,11 +324,43 @@ class KeptConnections:
                 await self.pool.release(connection)
 
 
+async def _write(connection: AbstractConnection, packed: bytes) -> None:
+    """Write ``packed`` to a connected connection's socket, else the way redis-py does.
+
+    redis-py's ``send_packed_command`` bounds the write with ``asyncio.wait_for``, which on
+    Python 3.11 runs it as a task of its own (two more turns of the event loop per command).
+    A command the socket takes whole at once needs no wait: it is handed to the transport
+    directly, and only what the socket did not take yet is waited for (with the same bound).
+    A connection that is not connected, closing or due a health check goes through redis-py.
+    """
+    writer = getattr(connection, "_writer", None)
+    transport = getattr(writer, "transport", None)
+    if (
+        writer is None
+        or transport is None
+        or getattr(connection, "_reader", None) is None
+        or connection.health_check_interval
+        or transport.is_closing()
+    ):
+        await connection.send_packed_command(packed)
+        return
+    writer.write(packed)  # a socket error here closes the transport; the read reports it
+    if transport.get_write_buffer_size():
+        try:
+            await asyncio.wait_for(writer.drain(), connection.socket_timeout)
+        except TimeoutError:
+            await connection.disconnect(nowait=True)
+            raise redis_errors.TimeoutError("Timeout writing to socket") from None
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+
+
 async def _send_packed(kept: KeptConnections, packed: bytes) -> Any:
     """Send one packed command on a kept or pooled connection and read its reply."""
     connection = await kept.take()
     try:
-        await connection.send_packed_command(packed)
+        await _write(connection, packed)
         reply = cast("Any", await connection.read_response())
     except redis_errors.ResponseError:
         # An error reply (NOSCRIPT, a script error) was read in full: the connection is fine.
