@@ -776,6 +776,26 @@ class QueueContract(BackendTestBase):
             await store.ack_many([got[0].receipt, other.receipt])
         assert (await store.stats(OTHER)).reserved == 1
 
+    async def test_ack_many_settles_as_ack_does(self, backend: Backend, timeline: Timeline) -> None:
+        """A batch reserve and ack settle entries with a ttl and a dedup key as one at a time does.
+
+        The acked entries never expire into dead letters, their dedup keys are free again
+        (a dedup window of 0), and a receipt repeated in the batch answers True.
+        """
+        store = backend.queue
+        keyed = await store.enqueue(message(ttl=timeline.d(10)), dedup_key="k")
+        timed = await store.enqueue(message(ttl=timeline.d(10)))
+        got = await store.reserve(QUEUE, visibility_timeout=timeline.d(60), max_messages=2)
+        assert [d.entry_id for d in got] == [keyed, timed]
+        receipts = [d.receipt for d in got]
+        assert await store.ack_many([*receipts, receipts[0]]) == [True, True, True]
+        fresh = await store.enqueue(message(), dedup_key="k")
+        assert fresh != keyed  # the key was released
+        await timeline.advance(11)  # past both ttls: what is due is checked on the next call
+        assert (await reserve_one(store)).entry_id == fresh
+        stats = await store.stats(QUEUE)
+        assert (stats.ready, stats.reserved, stats.dead) == (0, 1, 0)
+
     # -- waiting ------------------------------------------------------------------------------
 
     async def test_wait_is_woken_by_enqueue(self, backend: Backend) -> None:
