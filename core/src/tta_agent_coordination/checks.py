@@ -107,9 +107,10 @@ def one_queue_batch(requests: object) -> AgentId | None:
         if not isinstance(request, EnqueueRequest):
             msg = f"expected an EnqueueRequest, not {type(request).__name__}"
             raise ValidationError(msg)
+        other = request.message.recipient
         if recipient is None:
-            recipient = request.message.recipient
-        elif request.message.recipient != recipient:
+            recipient = other
+        elif other is not recipient and other != recipient:  # the same object: no model __eq__
             msg = (
                 "enqueue_many takes requests for one queue: "
                 f"{recipient} and {request.message.recipient} differ"
