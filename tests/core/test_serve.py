@@ -403,6 +403,49 @@ async def test_handlers_finishing_together_are_acked_in_one_batch(
     assert (await backend.queue.stats(SVC)).live == 0
 
 
+async def test_a_slot_stays_taken_until_its_batch_is_acked(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler that joins another's ack batch returns at once, but its slot comes back only
+    when the batch is settled: nothing more is reserved while the ack is on its way."""
+    metrics = WatchedMetrics()
+    coord = MessageCoordinator(backend, metrics=metrics)
+    real_ack_many, real_reserve = backend.queue.ack_many, backend.queue.reserve
+    acking, go_on = anyio.Event(), anyio.Event()
+    finished = 0
+    reserved_while_acking: list[int] = []
+
+    async def ack_many(receipts: list[str]) -> list[bool]:
+        acking.set()
+        await go_on.wait()
+        return await real_ack_many(receipts)
+
+    async def reserve(queue: AgentId, **kwargs: Any) -> list[Delivery]:
+        if finished == 2 and not go_on.is_set():  # both handled, their ack not answered
+            reserved_while_acking.append(kwargs["max_messages"])
+        return await real_reserve(queue, **kwargs)
+
+    async def handler(delivery: Delivery) -> None:
+        nonlocal finished
+        finished += 1
+
+    monkeypatch.setattr(backend.queue, "ack_many", ack_many)
+    monkeypatch.setattr(backend.queue, "reserve", reserve)
+    for i in range(2):
+        await coord.send(SVC, {"i": i})
+    async with anyio.create_task_group() as tg:
+        await tg.start(partial(coord.serve, SVC, handler, concurrency=2, also_shared=False))
+        with anyio.fail_after(5):
+            await acking.wait()
+            await coord.send(SVC, {"i": 2})
+            await anyio.wait_all_tasks_blocked()
+            assert reserved_while_acking == []  # both slots wait for the batch's ack
+            go_on.set()
+            await metrics.until(lambda: acked(metrics, 3))
+        tg.cancel_scope.cancel()
+    assert (await backend.queue.stats(SVC)).live == 0
+
+
 async def test_a_stale_ack_is_logged(backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
     metrics = WatchedMetrics()
     coord = MessageCoordinator(backend, metrics=metrics)

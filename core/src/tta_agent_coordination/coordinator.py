@@ -1373,7 +1373,6 @@ class _AckBatch:
     """Deliveries of one queue acked together (see ``_Worker._ack``)."""
 
     deliveries: list[Delivery]
-    done: anyio.Event = field(default_factory=anyio.Event)
 
 
 @dataclass
@@ -1497,18 +1496,21 @@ class _Worker:
 
     async def _handle(self, delivery: Delivery) -> None:
         # Runs in the shielded handlers' group (see _host_handlers).
+        handed = False  # its slot went to another handler's ack batch (see _ack)
         try:
             if not self.stopping:
-                await self._process(delivery)
+                handed = await self._process(delivery)
             elif not self.aborted:  # an abort leaves it reserved until visibility ends
                 log_delivery(logger, logging.INFO, delivery, "not started: released")
                 await self._settle(self.coordinator.release, delivery)
             else:
                 log_delivery(logger, logging.INFO, delivery, "not started: left reserved")
         finally:
-            self.slots.give()
+            if not handed:
+                self.slots.give()
 
-    async def _process(self, delivery: Delivery) -> None:
+    async def _process(self, delivery: Delivery) -> bool:
+        """Run the handler and settle the delivery; whether its slot went to an ack batch."""
         started = anyio.current_time()
         labels = self.labels.get(delivery.queue)
         if labels is None:
@@ -1544,8 +1546,7 @@ class _Worker:
             log_delivery(
                 logger, logging.DEBUG, delivery, "handled in %.3fs", anyio.current_time() - started
             )
-            await self._ack(delivery)
-            return
+            return await self._ack(delivery)
         if isinstance(failure, CircuitOpenError):
             self._observe(started, labels, "circuit_open")
             wait = failure.retry_after or self.policy.delay(1)
@@ -1559,7 +1560,7 @@ class _Worker:
                 wait,
             )
             await self._settle(self.coordinator.release, delivery)
-            return
+            return False
         timed_out = isinstance(failure, HandlerTimeoutError)
         self._observe(started, labels, "timeout" if timed_out else "error")
         text = _error_text(failure)
@@ -1588,6 +1589,7 @@ class _Worker:
             log_delivery(
                 logger, logging.WARNING, delivery, "settling a failed delivery failed: %s", exc
             )
+        return False
 
     async def _settle(
         self, operation: Callable[[Delivery], Awaitable[bool]], delivery: Delivery
@@ -1626,18 +1628,19 @@ class _Worker:
             msg = f"the handler for {delivery.queue} ran past handler_timeout={limit}s"
             raise HandlerTimeoutError(msg)
 
-    async def _ack(self, delivery: Delivery) -> None:
+    async def _ack(self, delivery: Delivery) -> bool:
         """Ack with the other handlers of this event-loop turn: one ``ack_many`` per queue.
 
         The first handler to finish opens the batch and lets the others that finish in the
-        same turn join it (one checkpoint), then acks them all; the rest wait for its answer.
-        Every caller runs in its handler's shielded scope, as a single ack did.
+        same turn join it (one checkpoint), then acks them all, in its handler's shielded
+        scope, and gives back the joiners' slots once the batch is settled (so a slot, and
+        the grace period, still last until the ack). A joiner returns at once: True, its slot
+        is the batch's now (no wait and wake-up per handler).
         """
         batch = self.acks.get(delivery.queue)
         if batch is not None:
             batch.deliveries.append(delivery)
-            await batch.done.wait()
-            return
+            return True
         batch = self.acks[delivery.queue] = _AckBatch([delivery])
         try:
             try:
@@ -1651,7 +1654,9 @@ class _Worker:
                     logger, logging.WARNING, each, "settling a delivery (ack) failed: %s", exc
                 )
         finally:
-            batch.done.set()
+            for _ in batch.deliveries[1:]:  # the joiners' slots
+                self.slots.give()
+        return False
 
     def _hold(self, held: _Held) -> None:
         """Add a running handler's delivery to those whose reservations are kept."""
