@@ -1542,10 +1542,8 @@ class _Worker:
                     await self._settle(self.coordinator.release, delivery)
             raise
         if failure is None:
-            self._observe(started, labels, "ok")
-            log_delivery(
-                logger, logging.DEBUG, delivery, "handled in %.3fs", anyio.current_time() - started
-            )
+            duration = self._observe(started, labels, "ok")
+            log_delivery(logger, logging.DEBUG, delivery, "handled in %.3fs", duration)
             return await self._ack(delivery)
         if isinstance(failure, CircuitOpenError):
             self._observe(started, labels, "circuit_open")
@@ -1606,10 +1604,11 @@ class _Worker:
                 exc,
             )
 
-    def _observe(self, started: float, labels: dict[str, str], outcome: str) -> None:
-        self.coordinator.metrics.observe(
-            HANDLER_DURATION, anyio.current_time() - started, {**labels, "outcome": outcome}
-        )
+    def _observe(self, started: float, labels: dict[str, str], outcome: str) -> float:
+        """Report the handler's duration (seconds since ``started``) and return it."""
+        duration = anyio.current_time() - started
+        self.coordinator.metrics.observe(HANDLER_DURATION, duration, {**labels, "outcome": outcome})
+        return duration
 
     async def _chain(self, delivery: Delivery) -> None:
         call: HandleNext = self._call_handler
