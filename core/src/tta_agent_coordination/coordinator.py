@@ -1631,10 +1631,11 @@ class _Worker:
         """Ack with the other handlers of this event-loop turn: one ``ack_many`` per queue.
 
         The first handler to finish opens the batch and lets the others that finish in the
-        same turn join it (one checkpoint), then acks them all, in its handler's shielded
-        scope, and gives back the joiners' slots once the batch is settled (so a slot, and
-        the grace period, still last until the ack). A joiner returns at once: True, its slot
-        is the batch's now (no wait and wake-up per handler).
+        same turn join it (one checkpoint), then acks them all in its handler's shielded
+        scope. A joiner returns at once (True: its slot is the batch's now, no wait and
+        wake-up per handler); the owner gives the joiners' slots back when the batch closes,
+        so the next reserve overlaps the ack, and keeps its own until the ack is answered, so
+        a shutdown's grace period (which waits for every slot) still waits for the ack.
         """
         batch = self.acks.get(delivery.queue)
         if batch is not None:
@@ -1646,15 +1647,14 @@ class _Worker:
                 await anyio.lowlevel.checkpoint()  # the handlers finishing in this turn join
             finally:
                 del self.acks[delivery.queue]  # closed: later ones start the next batch
+                for _ in batch.deliveries[1:]:  # the joiners' slots: free for the next reserve
+                    self.slots.give()
             await self.coordinator._ack_many(delivery.queue, batch.deliveries)
         except CoordinationError as exc:
             for each in batch.deliveries:
                 log_delivery(
                     logger, logging.WARNING, each, "settling a delivery (ack) failed: %s", exc
                 )
-        finally:
-            for _ in batch.deliveries[1:]:  # the joiners' slots
-                self.slots.give()
         return False
 
     def _hold(self, held: _Held) -> None:
