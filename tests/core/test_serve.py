@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -39,6 +40,8 @@ from tta_agent_coordination.metrics import (
     DELIVERIES_NACKED,
     DELIVERIES_RELEASED,
     HANDLER_DURATION,
+    Labels,
+    NoopMetrics,
 )
 from tta_agent_coordination.retry import RetryPolicy
 
@@ -913,3 +916,65 @@ async def test_handle_middleware_runs_in_onion_order(backend: Backend) -> None:
         "<inner",
         "<outer",
     ]
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        group = cast("BaseExceptionGroup[BaseException]", error)
+        return [leaf for inner in group.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
+async def test_an_error_escaping_a_handler_task_ends_serve_with_it(backend: Backend) -> None:
+    """Not the handler's own failure (that is settled) but one around it, here the metrics
+    sink's: the handler's task raises, so serve ends with that error, on asyncio (where the
+    handlers run as plain tasks) as on trio (anyio's tasks)."""
+
+    class BrokenMetrics(NoopMetrics):
+        def observe(self, name: str, value: float, labels: Labels | None = None) -> None:
+            raise RuntimeError("metrics down")
+
+    coord = MessageCoordinator(backend, metrics=BrokenMetrics())
+
+    async def handler(delivery: Delivery) -> None:
+        return None
+
+    await coord.send(SVC)
+    with anyio.fail_after(5), pytest.raises(BaseExceptionGroup) as info:
+        await coord.serve(SVC, handler, also_shared=False)
+    assert [str(e) for e in _leaves(info.value)] == ["metrics down"]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the plain-task path is asyncio's
+async def test_handlers_run_as_plain_asyncio_tasks_that_end_with_the_grace_period(
+    backend: Backend,
+) -> None:
+    """On asyncio a handler runs in a task of its own made by the event loop (not by anyio);
+    when the grace period runs out it is cancelled like one of the group's, and its message
+    released."""
+    coord = MessageCoordinator(backend)
+    started = anyio.Event()
+    tasks: list[asyncio.Task[Any] | None] = []
+    stop = anyio.Event()
+
+    async def handler(delivery: Delivery) -> None:
+        tasks.append(asyncio.current_task())
+        started.set()
+        await anyio.sleep_forever()
+
+    await coord.send(SVC)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(
+                partial(coord.serve, SVC, handler, grace=0.05, stop=stop, also_shared=False)
+            )
+            await started.wait()
+            stop.set()
+    (task,) = tasks
+    assert task is not None
+    name = getattr(task.get_coro(), "__qualname__", None)
+    assert name == "_Worker._handle"  # the handler's own coroutine, not anyio's wrapper
+    assert task.done()
+    assert task.cancelled()
+    stats = await backend.queue.stats(SVC)
+    assert (stats.ready, stats.reserved) == (1, 0)  # released, not left reserved
