@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import resource
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -64,23 +65,51 @@ async def command_calls(client: Redis) -> int:
     return sum(int(v["calls"]) for k, v in stats.items() if k.startswith("cmdstat_"))
 
 
+async def server_cpu(client: Redis) -> float:
+    """Seconds of CPU the server has used (``INFO cpu``: user and system)."""
+    info: dict[str, Any] = await client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def client_cpu() -> float:
+    """Seconds of CPU this process has used (user and system)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 @dataclass
 class Counters:
-    """Round trips and server commands over one timed section (from ``start()`` on)."""
+    """Round trips, server commands and CPU over one timed section (from ``start()`` on).
+
+    The CPU split says where a cycle's time goes: ``client_s`` (this process, user and
+    system) and ``server_s`` (``INFO cpu``); the rest of the wall time is waiting.
+    """
 
     client: Redis
     trips0: int = 0
     calls0: int = 0
+    client0: float = 0.0
+    server0: float = 0.0
+    client_s: float = 0.0
+    server_s: float = 0.0
 
     async def start(self) -> None:
         self.calls0 = await command_calls(self.client)
+        self.server0 = await server_cpu(self.client)
         self.trips0 = RoundTrips.count
+        self.client0 = client_cpu()
 
     async def stop(self) -> tuple[int, int]:
-        """(round trips, server commands) since ``start``, minus the two INFO calls."""
+        """(round trips, server commands) since ``start``, minus the INFO calls; sets the CPU."""
+        self.client_s = client_cpu() - self.client0
         trips = RoundTrips.count - self.trips0
+        self.server_s = await server_cpu(self.client) - self.server0
         calls = await command_calls(self.client) - self.calls0
-        return trips, calls - 1
+        return trips, calls - 3  # the INFO calls in between: two at start, one at stop
+
+    def cpu(self, n: int) -> dict[str, float]:
+        """Client and server CPU per message, in microseconds."""
+        return {"client_cpu_us": self.client_s / n * 1e6, "server_cpu_us": self.server_s / n * 1e6}
 
 
 async def timed(fn: Callable[[], Awaitable[object]]) -> float:

@@ -129,4 +129,5 @@ async def lua(client: Redis, n: int) -> dict[str, float]:
         "reserve_ack": n / (drained - enqueued),
         "round_trips": trips / n,
         "commands": calls / n,
+        **counters.cpu(n),
     }

@@ -58,6 +58,7 @@ async def single(client: Redis, url: str, n: int) -> dict[str, float]:
         "reserve_ack": n / (drained - enqueued),
         "round_trips": trips / n,
         "commands": calls / n,
+        **counters.cpu(n),
     }
 
 
@@ -92,6 +93,7 @@ async def batch(client: Redis, url: str, n: int) -> dict[str, float]:
         "reserve_ack": n / (drained - enqueued),
         "round_trips": trips / n,
         "commands": calls / n,
+        **counters.cpu(n),
     }
 
 
@@ -145,4 +147,5 @@ async def serve(client: Redis, url: str, n: int) -> dict[str, float]:
         "drain": n / (drained - start),
         "round_trips": trips / n,
         "commands": calls / n,
+        **counters.cpu(n),
     }
