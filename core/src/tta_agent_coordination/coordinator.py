@@ -1405,6 +1405,7 @@ class _Worker:
     loop: asyncio.AbstractEventLoop | None = None
     running: set[asyncio.Task[None]] = field(default_factory=set[asyncio.Task[None]])
     handlers_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # the group's
+    reservers_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     failure: BaseException | None = None
 
     async def run(
@@ -1423,6 +1424,7 @@ class _Worker:
             handlers: TaskGroup = await root.start(self._host_handlers)
             try:
                 async with anyio.create_task_group() as reservers:
+                    self.reservers_scope = reservers.cancel_scope
                     for queue in queues:
                         reservers.start_soon(self._reserve_loop, queue, handlers)
                     task_status.started()
@@ -1453,10 +1455,10 @@ class _Worker:
             finally:
                 # The group ends (cancelled by run, or a handler task failed): so do the
                 # handlers running as plain asyncio tasks; they wind down (release) first.
-                running = set(self.running)
-                for task in running:
-                    task.cancel()
-                if running:
+                while self.running:  # (one started meanwhile is cancelled in the next round)
+                    running = set(self.running)
+                    for task in running:
+                        task.cancel()
                     with anyio.CancelScope(shield=True):
                         await asyncio.wait(running)
         if self.failure is not None:  # the group was cancelled for it: end the loop with it
@@ -1480,6 +1482,7 @@ class _Worker:
         error = task.exception()
         if error is not None and self.failure is None:
             self.failure = error
+            self.reservers_scope.cancel()  # no more deliveries: the loop ends with the error
             self.handlers_scope.cancel()
 
     async def _reserve_loop(self, queue: AgentId, handlers: TaskGroup) -> None:
