@@ -111,9 +111,6 @@ def one_queue_batch(requests: object) -> AgentId | None:
         if recipient is None:
             recipient = other
         elif other is not recipient and other != recipient:  # the same object: no model __eq__
-            msg = (
-                "enqueue_many takes requests for one queue: "
-                f"{recipient} and {request.message.recipient} differ"
-            )
+            msg = f"enqueue_many takes requests for one queue: {recipient} and {other} differ"
             raise ValidationError(msg)
     return recipient

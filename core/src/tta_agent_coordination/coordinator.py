@@ -1369,13 +1369,6 @@ class _Held:
     live: bool = True  # False once its handler finished or its reservation was lost
 
 
-@dataclass(eq=False, slots=True)
-class _AckBatch:
-    """Deliveries of one queue acked together (see ``_Worker._ack``)."""
-
-    deliveries: list[Delivery]
-
-
 @dataclass
 class _Worker:
     """One running :meth:`MessageCoordinator.serve` loop."""
@@ -1396,7 +1389,7 @@ class _Worker:
     held: deque[_Held] = field(default_factory=deque[_Held])
     keeper_wake: anyio.Event | None = None  # set by _hold when the keeper waits for work
     # The acks of one event-loop turn, per queue, sent as one ack_many.
-    acks: dict[AgentId, _AckBatch] = field(default_factory=dict[AgentId, _AckBatch])
+    acks: dict[AgentId, list[Delivery]] = field(default_factory=dict[AgentId, list[Delivery]])
     labels: dict[AgentId, dict[str, str]] = field(default_factory=dict[AgentId, dict[str, str]])
     # On asyncio the handlers run as plain asyncio tasks: anyio's start_soon costs about 12 µs
     # more per task, a third of a message's client time in a busy loop. They belong to the
@@ -1688,19 +1681,19 @@ class _Worker:
         """
         batch = self.acks.get(delivery.queue)
         if batch is not None:
-            batch.deliveries.append(delivery)
+            batch.append(delivery)
             return True
-        batch = self.acks[delivery.queue] = _AckBatch([delivery])
+        batch = self.acks[delivery.queue] = [delivery]
         try:
             try:
                 await anyio.lowlevel.checkpoint()  # the handlers finishing in this turn join
             finally:
                 del self.acks[delivery.queue]  # closed: later ones start the next batch
-                for _ in batch.deliveries[1:]:  # the joiners' slots: free for the next reserve
+                for _ in batch[1:]:  # the joiners' slots: free for the next reserve
                     self.slots.give()
-            await self.coordinator._ack_many(delivery.queue, batch.deliveries)
+            await self.coordinator._ack_many(delivery.queue, batch)
         except CoordinationError as exc:
-            for each in batch.deliveries:
+            for each in batch:
                 log_delivery(
                     logger, logging.WARNING, each, "settling a delivery (ack) failed: %s", exc
                 )

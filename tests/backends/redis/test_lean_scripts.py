@@ -313,12 +313,8 @@ def big_batch(count: int, size: int) -> list[EnqueueRequest]:
     ]
 
 
-async def test_a_command_the_socket_takes_whole_skips_redis_py_send(
-    namespace: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Once connected, a script call is written to the transport directly: redis-py's
-    ``send_packed_command`` (an ``asyncio.wait_for`` task per command on Python 3.11) is not
-    called, and the calls do what they do."""
+def count_redis_py_sends(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """From now on, every command redis-py's ``send_packed_command`` writes (the list fills)."""
     sent: list[bytes] = []
     original = Connection.send_packed_command
 
@@ -326,11 +322,21 @@ async def test_a_command_the_socket_takes_whole_skips_redis_py_send(
         sent.append(command)
         await original(self, command, check_health)
 
+    monkeypatch.setattr(Connection, "send_packed_command", counting)
+    return sent
+
+
+async def test_a_command_the_socket_takes_whole_skips_redis_py_send(
+    namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once connected, a script call is written to the transport directly: redis-py's
+    ``send_packed_command`` (an ``asyncio.wait_for`` task per command on Python 3.11) is not
+    called, and the calls do what they do."""
     async with RedisBackend.from_url(REDIS_URL, BackendOptions(namespace=namespace)) as backend:
         store = backend.queue
         try:
             await store.enqueue(message(0))  # connect, load the library
-            monkeypatch.setattr(Connection, "send_packed_command", counting)
+            sent = count_redis_py_sends(monkeypatch)
             entry = await store.enqueue(message(1))
             got = await store.reserve(QUEUE, visibility_timeout=30, max_messages=2)
             assert await store.ack_many([d.receipt for d in got]) == [True, True]
@@ -345,18 +351,11 @@ async def test_a_health_checked_connection_is_written_through_redis_py(
     namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With ``health_check_interval`` set, redis-py's send runs (it pings a quiet connection)."""
-    sent: list[bytes] = []
-    original = Connection.send_packed_command
-
-    async def counting(self: Connection, command: Any, check_health: bool = True) -> None:
-        sent.append(command)
-        await original(self, command, check_health)
-
     url = f"{REDIS_URL}?health_check_interval=30"
     async with connect(url, namespace=namespace) as backend:
         try:
             await backend.queue.enqueue(message(0))
-            monkeypatch.setattr(Connection, "send_packed_command", counting)
+            sent = count_redis_py_sends(monkeypatch)
             await backend.queue.enqueue(message(1))
             assert len(sent) == 1
         finally:
