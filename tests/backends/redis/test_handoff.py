@@ -78,8 +78,14 @@ def script_calls(url: str) -> int:
     return pop_scripts(command_calls(url))
 
 
+#: Entry ids a hand-off carries: one the driver makes, and a given one with multi-byte
+#: characters and the item's own separator in it (the item counts bytes, not characters).
+ENTRY_IDS = [None, "é:ü:1"]
+
+
+@pytest.mark.parametrize("given", ENTRY_IDS)
 async def test_a_waiting_consumer_gets_the_new_entry_without_another_script(
-    private_server: str,
+    private_server: str, given: str | None
 ) -> None:
     async with fresh(private_server) as backend:
         store = backend.queue
@@ -95,8 +101,9 @@ async def test_a_waiting_consumer_gets_the_new_entry_without_another_script(
             await until_registered(backend)
             before = script_calls(private_server)
             sent_at = time.time()
-            entry_id = await store.enqueue(message(1))
+            entry_id = await store.enqueue(message(1), entry_id=given)
         after = script_calls(private_server)
+        assert given is None or entry_id == given
 
         assert after - before == 1  # the enqueue's script only: the consumer ran none
         (delivery,) = got
@@ -114,17 +121,19 @@ async def test_a_waiting_consumer_gets_the_new_entry_without_another_script(
         assert await hand_keys(backend) == []
 
 
-async def test_a_handed_entry_is_collected_when_the_wait_ends_first() -> None:
+@pytest.mark.parametrize("given", ENTRY_IDS)
+async def test_a_handed_entry_is_collected_when_the_wait_ends_first(given: str | None) -> None:
     async with fresh() as backend:
         store = backend.queue
         await make_empty_queue(backend)
         await register(backend, "ab" * 8)
-        entry_id = await store.enqueue(message(1))  # handed to a waiter not blocked right now
+        # handed to a waiter not blocked right now
+        entry_id = await store.enqueue(message(1), entry_id=given)
         assert (await store.stats(QUEUE)).reserved == 1
         got, _ = await store._reserve_now(  # pyright: ignore[reportPrivateUsage]
             QUEUE, 30_000, 1, waiter="ab" * 8, mode="leave"
         )
-        assert [d.entry_id for d in got] == [entry_id]
+        assert [(d.entry_id, d.message.payload) for d in got] == [(entry_id, {"n": 1})]
         assert await store.ack(got[0].receipt)
         assert await waiters(backend) == 0
         assert await hand_keys(backend) == []

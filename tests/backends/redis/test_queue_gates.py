@@ -9,6 +9,8 @@ as does a queue written before the gates existed.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 
 from redis_helpers import command_calls, fresh, pop_scripts
@@ -79,6 +81,37 @@ async def test_the_common_calls_skip_the_scans(private_server: str) -> None:
     assert reserve.get("zrange", 0) == 1, reserve  # the ready entries themselves
     assert sum(ack.values()) <= 9, ack
     assert "zrange" not in ack, ack
+
+
+async def test_only_a_given_entry_id_is_looked_up(private_server: str) -> None:
+    """An id the driver makes for the call (a random UUID) cannot be taken yet: its first try
+    looks up nothing (a retry does: ``test_faults``); a given one is looked up, live and settled.
+    """
+    async with fresh(private_server) as backend:
+        store = backend.queue
+        await store.enqueue(message())
+        await store.ack((await reserve_one(backend)).receipt)  # a settled id to look among
+        sends: dict[str, Callable[[], Awaitable[object]]] = {
+            "made": lambda: store.enqueue(message()),
+            "given": lambda: store.enqueue(message(), entry_id="mine"),
+            "made_batch": lambda: store.enqueue_many([EnqueueRequest(message=message())] * 3),
+            "given_batch": lambda: store.enqueue_many(
+                [EnqueueRequest(message=message(), entry_id=f"b{i}") for i in range(3)]
+            ),
+        }
+        runs: dict[str, dict[str, int]] = {}
+        for name, send in sends.items():
+            before = command_calls(private_server)
+            await send()
+            runs[name] = delta(before, command_calls(private_server))
+
+    assert "hexists" not in runs["made"], runs["made"]
+    assert "zscore" not in runs["made"], runs["made"]
+    assert (runs["given"]["hexists"], runs["given"]["zscore"]) == (1, 1), runs["given"]
+    assert "zmscore" not in runs["made_batch"], runs["made_batch"]
+    assert runs["made_batch"]["hmget"] == 1, runs["made_batch"]  # the info fields only
+    assert runs["given_batch"]["zmscore"] == 1, runs["given_batch"]
+    assert runs["given_batch"]["hmget"] == 2, runs["given_batch"]  # and the ids in meta
 
 
 async def test_a_queue_written_before_the_gates_is_maintained() -> None:

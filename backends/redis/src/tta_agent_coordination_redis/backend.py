@@ -195,18 +195,35 @@ class Connection:
         return await boundary(lambda: fn(self.client), what=what)
 
     async def run_script(
-        self, name: str, keys: Sequence[str], args: Sequence[Any], *, packed: Packed | None = None
+        self,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        *,
+        packed: Packed | None = None,
+        retry_args: Sequence[Any] | None = None,
     ) -> Any:
         """Run ``scripts/<name>.lua`` in one round trip, inside the error boundary.
 
         ``packed``: ``keys`` and the leading arguments packed once (see ``_scripts.Packed``).
+        ``retry_args``: the arguments of the tries after the first, when they differ (an
+        enqueue's first try may skip a check that a retry, after a try that may have landed,
+        must make).
         """
         if not self._checked:
             await boundary(self._check_server, what="the connect-time check")
-        return await boundary(
-            lambda: self.scripts.run(self.client, name, keys, args, packed=packed),
-            what=name.replace("_", " "),
-        )
+        if retry_args is None:
+            return await boundary(
+                lambda: self.scripts.run(self.client, name, keys, args, packed=packed),
+                what=name.replace("_", " "),
+            )
+        tries = [args]
+
+        def attempt() -> Awaitable[Any]:
+            sent = tries.pop() if tries else retry_args
+            return self.scripts.run(self.client, name, keys, sent, packed=packed)
+
+        return await boundary(attempt, what=name.replace("_", " "))
 
     def pack(self, keys: Sequence[str], args: Sequence[Any]) -> Packed:
         """Pack ``keys`` and leading ``args`` once, with the client's encoding."""

@@ -173,6 +173,19 @@ def _json(value: bytes | str) -> dict[str, Any]:
     return cast("dict[str, Any]", loads(value))
 
 
+def _hand_parts(item: bytes) -> tuple[str, bytes, bytes]:
+    """A handed entry's id, meta and body (``hand_item`` in ``_queue.lua``).
+
+    The item is ``<bytes of id>:<bytes of meta>:`` followed by the three, back to back.
+    """
+    first = item.index(b":")
+    second = item.index(b":", first + 1)
+    at = second + 1
+    meta_at = at + int(item[:first])
+    body_at = meta_at + int(item[first + 1 : second])
+    return item[at:meta_at].decode(), item[meta_at:body_at], item[body_at:]
+
+
 class RedisQueueStore:
     """The Redis :class:`~tta_agent_coordination.protocols.QueueStore`.
 
@@ -232,13 +245,25 @@ class RedisQueueStore:
             self._heads[name] = head
         return head
 
-    async def _run(self, script: str, name: str, *args: Any) -> Any:
+    async def _run(
+        self, script: str, name: str, *args: Any, retry: Sequence[Any] | None = None
+    ) -> Any:
+        """Run a queue script; ``retry``: the arguments of the tries after the first, if any."""
         if self._connection.cluster:  # the clock offset argument moves with clock.advance
             return await self._connection.run_script(
-                script, self._keys(name), self._args(name, *args)
+                script,
+                self._keys(name),
+                self._args(name, *args),
+                retry_args=None if retry is None else self._args(name, *retry),
             )
         keys, fixed, packed = self._head(name)
-        return await self._connection.run_script(script, keys, [*fixed, *args], packed=packed)
+        return await self._connection.run_script(
+            script,
+            keys,
+            [*fixed, *args],
+            packed=packed,
+            retry_args=None if retry is None else [*fixed, *retry],
+        )
 
     async def _indexed(self, name: str, *, created: bool) -> None:
         """Cluster: put a queue in the index unless the client knows it is there."""
@@ -284,14 +309,26 @@ class RedisQueueStore:
         # The key last: it may hold commas (enqueue.lua reads everything after the fourth).
         return (ident, body, f"{int(message.priority)},{_ms(seconds)},{attempts},{ttl},{key}")
 
-    async def _enqueue(self, queue: AgentId, items: list[tuple[str, bytes, str]]) -> list[str]:
+    async def _enqueue(
+        self, queue: AgentId, items: list[tuple[str, bytes, str]], *, fresh: bool
+    ) -> list[str]:
+        """Run enqueue.lua; ``fresh``: every entry id was made here for this call.
+
+        A fresh call's first try skips the script's lookup of taken ids (no entry can hold a
+        random UUID made just now); its retries make it (the first try may have landed).
+        """
         name = str(queue)
         flat: list[Any] = []
         last = None
         for ident, body, options in items:  # options alike the request before's go as ''
             flat += (ident, body, "" if options == last else options)
             last = options
-        reply = cast("list[Any]", await self._run("enqueue", name, len(items), *flat))
+        n = len(items)
+        if fresh:
+            run = self._run("enqueue", name, -n, *flat, retry=[n, *flat])
+        else:
+            run = self._run("enqueue", name, n, *flat)
+        reply = cast("list[Any]", await run)
         if int(reply[0]) == 0:
             raise QueueFullError(name, self._options.max_queue_length)
         if self._connection.cluster:
@@ -316,7 +353,7 @@ class RedisQueueStore:
             BackendUnavailableError: Redis could not be reached (retrying is safe).
         """
         item = self._prepare(message, delay, dedup_key, entry_id, max_attempts)
-        (result,) = await self._enqueue(message.recipient, [item])
+        (result,) = await self._enqueue(message.recipient, [item], fresh=entry_id is None)
         return result
 
     async def enqueue_many(self, requests: Sequence[EnqueueRequest]) -> list[str]:
@@ -330,11 +367,12 @@ class RedisQueueStore:
         recipient = checks.one_queue_batch(requests)
         if recipient is None:
             return []
-        items = [
-            self._prepare(r.message, r.delay, r.dedup_key, r.entry_id, r.max_attempts)
-            for r in requests
-        ]
-        return await self._enqueue(recipient, items)
+        fresh = True
+        items: list[tuple[str, bytes, str]] = []
+        for r in requests:
+            items.append(self._prepare(r.message, r.delay, r.dedup_key, r.entry_id, r.max_attempts))
+            fresh = fresh and r.entry_id is None
+        return await self._enqueue(recipient, items, fresh=fresh)
 
     # -- reserve ------------------------------------------------------------------------------
 
@@ -505,7 +543,7 @@ class RedisQueueStore:
         key, value = cast("tuple[bytes, bytes]", reply)
         if hand_key is None or _text(key) != hand_key:
             return True
-        entry_id, meta, body = cast("tuple[str, str, str]", loads(value))
+        entry_id, meta, body = _hand_parts(value)
         return self._delivery(agent_id, str(agent_id), entry_id, body, _json(meta))
 
     async def wake_all(self) -> None:

@@ -125,7 +125,8 @@ local function encode_meta(m)
   local out = string.format('{"p":%d,"a":%d,"m":%d,"q":%d,"e":%d,"s":"%s"', m.p, m.a, m.m, m.q,
     m.e, m.s)
   if m.t then
-    out = out .. ',"t":' .. cjson.encode(m.t)
+    -- A reservation token is one the driver made (hex digits): it needs no JSON escaping.
+    out = out .. ',"t":"' .. m.t .. '"'
   end
   if m.dl then
     out = out .. string.format(',"dl":%d', m.dl)
@@ -584,16 +585,35 @@ local function register_waiter(member, until_, now)
 end
 
 -- The live registration whose wait ends first, taken out of the set ({token, visibility ms}), or nil.
+-- One ZPOPMIN per registration looked at: lapsed ones (their wait is over) come first and go.
 local function take_waiter(now)
-  local live = redis.call('ZRANGE', K_WAITERS, '(' .. n2s(now), '+inf', 'BYSCORE', 'LIMIT', 0, 1)
-  if #live == 0 then
-    WAIT_UNTIL = -1
-    redis.call('HSET', K_INFO, 'wt', '-1')
-    return nil
+  while true do
+    local first = redis.call('ZPOPMIN', K_WAITERS)
+    if #first == 0 then
+      WAIT_UNTIL = -1
+      redis.call('HSET', K_INFO, 'wt', '-1')
+      return nil
+    end
+    if first[2] + 0 > now then
+      local member = first[1]
+      local sep = string.find(member, '|', 1, true)
+      return {string.sub(member, 1, sep - 1), string.sub(member, sep + 1) + 0}
+    end
   end
-  redis.call('ZREM', K_WAITERS, live[1])
-  local sep = string.find(live[1], '|', 1, true)
-  return {string.sub(live[1], 1, sep - 1), tonumber(string.sub(live[1], sep + 1))}
+end
+
+-- A handed entry as one list item: '<bytes of id>:<bytes of meta>:' then id, meta and body,
+-- back to back (one concatenation copies the body whole; a JSON array would scan and escape it,
+-- string.format's '%s' copies it byte by byte).
+local function hand_item(id, raw, body)
+  return #id .. ':' .. #raw .. ':' .. id .. raw .. body
+end
+
+-- The entry id and body of a hand_item().
+local function hand_parts(item)
+  local id_len, meta_len, at = string.match(item, '^(%d+):(%d+):()')
+  local meta_at = at + id_len
+  return string.sub(item, at, meta_at - 1), string.sub(item, meta_at + meta_len)
 end
 
 -- Append the pair a, b to the list (the variadic commands' arguments).
@@ -634,7 +654,7 @@ local function hand_off(id, body, o, now)
   redis.call('ZADD', K_RESERVED, n2s(m.dl), id)
   due_by(m.dl)
   local hand = hand_key(token)
-  redis.call('RPUSH', hand, cjson.encode({id, raw, body}))
+  redis.call('RPUSH', hand, hand_item(id, raw, body))
   redis.call('PEXPIRE', hand, visibility)  -- nobody popped it by then: the entry is reclaimed
   return true
 end

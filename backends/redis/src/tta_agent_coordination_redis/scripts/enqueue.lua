@@ -1,5 +1,7 @@
 -- Enqueue a batch (one entry or many) for one queue, all or nothing.
--- ARGV[4] n, then per request 3 values: entry id, body, and its options as
+-- ARGV[4] n, or -n when every entry id is one the client has just made for this call's first
+-- try (a random UUID no entry can hold yet: the lookup of taken ids is skipped; a retry, which
+-- may follow a try that landed, sends n). Then per request 3 values: entry id, body, and its options as
 -- 'priority,delay ms,max_attempts,ttl ms (-1 for none),dedup key' (the key last, '' for none;
 -- it may hold commas), or '' for the same options as the request before it (a batch of
 -- alike requests sends and parses its options once).
@@ -13,12 +15,16 @@ local now = now_ms()
 drop_if_idle(now)
 prune(now)
 local n = ARGV[4] + 0
+local made = n < 0  -- the ids are the client's own, new (see above)
+if made then
+  n = -n
+end
 if n == 1 then
   -- One request (a plain send): the same steps as a batch's below, without its tables.
   local id, body, o = ARGV[5], ARGV[6], request_options(ARGV[7])
   local key = o[5]
   local found = nil
-  if CREATED and (redis.call('HEXISTS', K_META, id) == 1
+  if CREATED and not made and (redis.call('HEXISTS', K_META, id) == 1
       or (PRUNE_AT ~= -1 and redis.call('ZSCORE', K_SETTLED, id))) then
     found = id  -- a repeated entry id (live, dead or settled)
   elseif key then
@@ -51,7 +57,7 @@ local batch_ids, batch_keys = {}, {}
 -- Which entry ids are taken (live, dead or settled): one command per structure for the whole
 -- batch, none for a queue that does not exist or (settled) when the prune gate says it is empty.
 local held, settled = {}, {}
-if CREATED then
+if CREATED and not made then
   local ids = {}
   for i = 1, n do
     ids[i] = ARGV[2 + i * 3]

@@ -27,11 +27,11 @@ if waiter ~= '' and mode ~= 'first' then
   if #items > 0 then
     redis.call('DEL', hand)
     for _, item in ipairs(items) do
-      local d = cjson.decode(item)
-      local m = get_meta(d[1])
+      local id, body = hand_parts(item)
+      local m = get_meta(id)
       if m and m.s == 'v' and m.t == waiter and m.dl > now then  -- still its reservation
-        out[#out + 1] = d[1]
-        out[#out + 1] = d[3]
+        out[#out + 1] = id
+        out[#out + 1] = body
         out[#out + 1] = encode_meta(m)
         taken = taken + 1
       end
