@@ -24,6 +24,7 @@ from tta_agent_coordination import (
     ValidationError,
     connect,
 )
+from tta_agent_coordination.backends._memory_queue import MemoryQueueStore
 from tta_agent_coordination.breaker import CircuitBreaker
 from tta_agent_coordination.coordinator import (
     BreakerGate,
@@ -973,8 +974,41 @@ async def test_handlers_run_as_plain_asyncio_tasks_that_end_with_the_grace_perio
     (task,) = tasks
     assert task is not None
     name = getattr(task.get_coro(), "__qualname__", None)
-    assert name == "_Worker._handle"  # the handler's own coroutine, not anyio's wrapper
+    # not anyio's wrapper: the task that reserved the delivery (the first of its reserve)
+    assert name == "_Worker._reserve_then_handle"
     assert task.done()
     assert task.cancelled()
     stats = await backend.queue.stats(SVC)
     assert (stats.ready, stats.reserved) == (1, 0)  # released, not left reserved
+
+
+def _waiting(backend: Backend) -> bool:
+    """Whether a reserve of SVC is blocked in the memory store."""
+    store = cast("MemoryQueueStore", backend.queue)
+    waiters = store._waiting.get(str(SVC))  # pyright: ignore[reportPrivateUsage]
+    return waiters is not None and waiters.count > 0
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the reserve-in-handler path is asyncio's
+async def test_a_delivery_that_arrives_as_serve_is_cancelled_is_not_left_reserved(
+    backend: Backend,
+) -> None:
+    """On asyncio the reserve runs in the task that goes on to handle the first delivery. A
+    delivery that reaches it in the same event-loop turn as the cancellation of serve (the
+    reserve's answer queued before the loop's cancellation) is handled or handed back; the
+    cancelled loop neither waits for that handler nor loses what came with it."""
+    coord = MessageCoordinator(backend)
+    handled: list[int] = []
+
+    async def handler(delivery: Delivery) -> None:
+        handled.append(delivery.attempt)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(partial(coord.serve, SVC, handler, also_shared=False))
+            while not _waiting(backend):  # the reserve is blocked in the store
+                await anyio.lowlevel.checkpoint()
+            await coord.send(SVC)  # the waiting reserve's answer is queued ...
+            tg.cancel_scope.cancel()  # ... before the loop's cancellation
+    stats = await backend.queue.stats(SVC)
+    assert (handled, stats.ready, stats.reserved) == ([1], 0, 0)
