@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import anyio
+import anyio.lowlevel
 import pytest
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -24,7 +25,7 @@ from redis.asyncio.connection import Connection
 
 from redis_helpers import REDIS_URL, Servers
 from tta_agent_coordination.errors import BackendUnavailableError
-from tta_agent_coordination.models import AgentId, AgentMessage, EnqueueRequest
+from tta_agent_coordination.models import AgentId, AgentMessage, Delivery, EnqueueRequest
 from tta_agent_coordination.plugins import connect
 from tta_agent_coordination.settings import BackendOptions
 from tta_agent_coordination_redis import RedisBackend, _scripts
@@ -59,6 +60,13 @@ def test_packed_command_is_what_redis_py_sends() -> None:
     head = _scripts.Packed(keys, ARGS[:4])
     assert head.nargs == 4
     assert _scripts.pack_evalsha(script, keys, ARGS, packed=head) == expected
+
+
+def test_a_packed_plain_command_is_what_redis_py_sends() -> None:
+    assert _scripts.pack_command(["BLPOP", "k:hand:1", "k:wake", 2.5]) == redis_py_bytes(
+        "BLPOP", "k:hand:1", "k:wake", 2.5
+    )
+    assert _scripts.pack_command(["X", *ARGS]) == redis_py_bytes("X", *ARGS)
 
 
 @pytest.mark.parametrize("bad", [True, None, 1j, ["a"]])
@@ -412,3 +420,48 @@ async def test_a_write_the_server_does_not_take_in_time_fails_typed_then_calls_w
         # As with any lost reply, the batch may have been run (the bytes the socket had taken
         # reach the server when it runs again), but whole or not at all: it is one script.
         assert (await store.stats(QUEUE)).ready in (2, 18)
+
+
+@pytest.mark.parametrize("client_class", [Redis, Instrumented])
+async def test_a_waiting_reserve_blocks_on_the_lean_path(
+    client_class: type[Redis], namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ``BLPOP`` of a waiting reserve goes the scripts' way on a plain pooled client (not
+    through redis-py's command path), and through ``execute_command`` on an instrumented one;
+    on both it blocks, times out empty and then takes what is sent."""
+    client = client_class.from_url(REDIS_URL)
+    backend = RedisBackend(client, BackendOptions(namespace=namespace), owns_client=True)
+    async with backend:
+        store = backend.queue
+        try:
+            await store.enqueue(message(0))  # connect, load the library, make the queue
+            (first,) = await store.reserve(QUEUE, visibility_timeout=30)
+            assert await store.ack(first.receipt)
+            sent = count_redis_py_sends(monkeypatch)
+            Instrumented.calls = 0
+            assert await store.reserve(QUEUE, visibility_timeout=30, wait=0.2) == []
+            # redis-py sends a command as a list of chunks
+            blpops = [c for c in map(b"".join, cast("list[list[bytes]]", sent)) if b"BLPOP" in c]
+            if client_class is Instrumented:
+                assert len(blpops) == 1
+                assert Instrumented.calls >= 3  # two scripts and the BLPOP
+            else:
+                assert blpops == []
+            got: list[Delivery] = []
+            entry = ""
+            async with anyio.create_task_group() as tg:
+
+                async def consume() -> None:
+                    got.extend(await store.reserve(QUEUE, visibility_timeout=30, wait=10))
+
+                tg.start_soon(consume)
+                with anyio.fail_after(5):
+                    while not await backend.connection.call(
+                        lambda c: c.zcard(backend.connection.keys.queue(str(QUEUE), "waiters")),
+                        what="test",
+                    ):
+                        await anyio.lowlevel.checkpoint()
+                entry = await store.enqueue(message(1))
+            assert [(d.entry_id, d.message.payload) for d in got] == [(entry, {"i": 1})]
+        finally:
+            await backend.drop_namespace()

@@ -9,7 +9,9 @@ as does a queue written before the gates existed.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import pytest
 
@@ -191,3 +193,58 @@ async def test_a_batch_costs_a_fixed_number_of_commands(private_server: str) -> 
     for ran in (enqueue, reserve, ack):
         assert pop_scripts(ran) == 1
         assert sum(ran.values()) <= 12, ran  # 2 to 4 per entry before the batch reads
+
+
+async def test_a_batch_writes_each_entry_as_a_single_enqueue_does() -> None:
+    """A batch writes its plain entries (due now, no ttl, no dedup key) from one shape per run
+    of alike options: meta and ready score read back exactly as one enqueue at a time writes
+    them, beside entries with a ttl, a delay or a dedup key."""
+    requests = [
+        EnqueueRequest(message=message()),
+        EnqueueRequest(message=message()),
+        EnqueueRequest(message=message().model_copy(update={"priority": 7}), max_attempts=2),
+        EnqueueRequest(message=message(ttl=60)),
+        EnqueueRequest(message=message(), delay=30),
+        EnqueueRequest(message=message(), dedup_key="k"),
+        EnqueueRequest(message=message()),
+    ]
+
+    async def written(batch: bool) -> list[tuple[list[tuple[str, Any]], float | None]]:
+        async with fresh() as backend:
+            store, keys = backend.queue, backend.connection.keys
+            if batch:
+                ids = await store.enqueue_many(requests)
+            else:
+                ids = [
+                    await store.enqueue(
+                        r.message,
+                        delay=r.delay,
+                        dedup_key=r.dedup_key,
+                        max_attempts=r.max_attempts,
+                    )
+                    for r in requests
+                ]
+            meta_key, ready_key = keys.queue(str(QUEUE), "meta"), keys.queue(str(QUEUE), "ready")
+            metas = cast(
+                "list[bytes]",
+                await backend.connection.call(lambda c: c.hmget(meta_key, ids), what="t"),
+            )
+            ready = cast(
+                "list[tuple[bytes, float]]",
+                await backend.connection.call(
+                    lambda c: c.zrange(ready_key, 0, -1, withscores=True), what="t"
+                ),
+            )
+        scores = {member[12:].decode(): score for member, score in ready}
+        out: list[tuple[list[tuple[str, Any]], float | None]] = []
+        for entry_id, raw in zip(ids, metas, strict=True):
+            meta: dict[str, Any] = json.loads(raw)
+            assert raw == json.dumps(meta, separators=(",", ":")).encode()  # compact, in order
+            meta.pop("e")  # the clock moved between the runs (and with it a ttl's deadline)
+            meta.pop("x", None)
+            score = scores.get(entry_id)
+            band = None if score is None else score // 2**42  # the priority band
+            out.append((list(meta.items()), band))  # the fields in their order
+        return out
+
+    assert await written(batch=True) == await written(batch=False)

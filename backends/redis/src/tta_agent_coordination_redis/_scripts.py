@@ -42,6 +42,7 @@ __all__ = [
     "Script",
     "ScriptRunner",
     "load_script",
+    "pack_command",
     "pack_evalsha",
     "queue_library",
 ]
@@ -205,7 +206,24 @@ def pack_evalsha(
         packed = Packed(keys, (), encoding, errors)
     rest = args[packed.nargs :]
     parts = [b"*%d\r\n" % (2 + packed.count + len(rest)), head or script.head, packed.data]
-    parts.extend(_bulk(_encode(value, encoding, errors)) for value in rest)
+    append = parts.append
+    for value in rest:  # inline: a batch of 100 entries packs 300 of them
+        if isinstance(value, bytes):
+            data = value
+        elif isinstance(value, str):
+            data = value.encode(encoding, errors)
+        else:
+            data = _encode(value, encoding, errors)
+        append(b"$%d\r\n" % len(data))
+        append(data)  # a body is copied once, by the join
+        append(b"\r\n")
+    return b"".join(parts)
+
+
+def pack_command(args: Sequence[Any], encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """One command in the Redis protocol, its arguments encoded as :func:`pack_evalsha` does."""
+    parts = [b"*%d\r\n" % len(args)]
+    parts.extend(_bulk(_encode(value, encoding, errors)) for value in args)
     return b"".join(parts)
 
 
@@ -408,6 +426,23 @@ class ScriptRunner:
             script = Script(name)
             self._scripts[name] = script
         return script
+
+    async def command(self, client: Redis, *args: Any) -> Any:
+        """Run one plain command: on the lean path (its reply unparsed), else by redis-py.
+
+        The waiting reserve's ``BLPOP`` goes this way: the reply that ends a block is on the
+        way from an enqueue to a handler, where redis-py's command path (its retry wrapper,
+        its timing hooks, the pool's lock) costs more than the read itself.
+        """
+        pool = _lean_pool(client)
+        if pool is None:
+            execute = cast("Callable[..., Awaitable[Any]]", client.execute_command)
+            return await execute(*args)
+        kwargs = pool.connection_kwargs
+        packed = pack_command(
+            args, kwargs.get("encoding", "utf-8"), kwargs.get("encoding_errors", "strict")
+        )
+        return await _send_packed(self._kept_for(pool), packed)
 
     async def load_library(self, client: Redis) -> bool:
         """Load the queue library; whether the queue scripts run as its functions from now on.

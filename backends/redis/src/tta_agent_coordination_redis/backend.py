@@ -225,6 +225,12 @@ class Connection:
 
         return await boundary(attempt, what=name.replace("_", " "))
 
+    async def command(self, *args: Any, what: str) -> Any:
+        """Run one plain command inside the error boundary (``ScriptRunner.command``)."""
+        if not self._checked:
+            await boundary(self._check_server, what="the connect-time check")
+        return await boundary(lambda: self.scripts.command(self.client, *args), what=what)
+
     def pack(self, keys: Sequence[str], args: Sequence[Any]) -> Packed:
         """Pack ``keys`` and leading ``args`` once, with the client's encoding."""
         return Packed(keys, args, self._encoding, self._encoding_errors)

@@ -533,14 +533,10 @@ class RedisQueueStore:
         Returns the delivery handed over, ``True`` if woken, ``False`` when the time is up.
         """
         keys = [wake_key] if hand_key is None else [hand_key, wake_key]
-
-        async def pop(client: Redis) -> object:
-            return await client.blpop(keys, timeout=seconds)
-
-        reply = await self._connection.call(pop, what="reserve (waiting)")
+        reply = await self._connection.command("BLPOP", *keys, seconds, what="reserve (waiting)")
         if reply is None:
             return False
-        key, value = cast("tuple[bytes, bytes]", reply)
+        key, value = cast("tuple[bytes, bytes]", reply)  # a list on the lean path
         if hand_key is None or _text(key) != hand_key:
             return True
         entry_id, meta, body = _hand_parts(value)

@@ -102,35 +102,55 @@ if #fresh > 0 and not handed then
   local first = redis.call('HINCRBY', K_INFO, 'seq', #fresh) - #fresh
   local bodies, metas, ready, delayed, expiry, dedup = {}, {}, {}, {}, {}, {}
   local soonest = -1  -- the earliest ttl or delay deadline of the batch
+  -- A plain entry (due now, no ttl, no dedup key: a batch's usual request) shares all of its
+  -- meta but the sequence number, and its ready score, with the others of its options (one
+  -- table per run of alike options): made once per options, not once per entry.
+  local plain = {}
   for k, i in ipairs(fresh) do
     local id, o = ARGV[2 + i * 3], opts[i]
     local key, ttl = o[5], o[4]
-    local m = {p = o[1], a = 1, m = o[3], q = first + k, e = now}
-    if ttl >= 0 then
-      m.ttl = ttl
-      m.x = now + ttl
-      push(expiry, n2s(m.x), id)
-      if soonest < 0 or m.x < soonest then
-        soonest = m.x
-      end
+    local shape = plain[o]
+    if shape == nil then
+      shape = o[2] == 0 and ttl < 0 and not key and {
+        string.format('{"p":%d,"a":1,"m":%d,"q":', o[1], o[3]),
+        string.format(',"e":%d,"s":"r"}', now),
+        n2s((9 - o[1]) * BAND + now),
+      }
+      plain[o] = shape
     end
-    if key then
-      m.k = key
-      push(dedup, key, id)
-    end
-    push(bodies, id, ARGV[3 + i * 3])
-    local due = now + o[2]
-    if due > now then
-      m.s = 'd'
-      push(delayed, n2s(due), id)
-      if soonest < 0 or due < soonest then
-        soonest = due
-      end
+    if shape then  -- what the steps below write for it, with encode_meta's text
+      local q = first + k
+      push(bodies, id, ARGV[3 + i * 3])
+      push(ready, shape[3], string.format('%012x', q) .. id)
+      push(metas, id, shape[1] .. q .. shape[2])
     else
-      m.s = 'r'
-      push(ready, n2s((9 - m.p) * BAND + due), ready_member(id, m))
+      local m = {p = o[1], a = 1, m = o[3], q = first + k, e = now}
+      if ttl >= 0 then
+        m.ttl = ttl
+        m.x = now + ttl
+        push(expiry, n2s(m.x), id)
+        if soonest < 0 or m.x < soonest then
+          soonest = m.x
+        end
+      end
+      if key then
+        m.k = key
+        push(dedup, key, id)
+      end
+      push(bodies, id, ARGV[3 + i * 3])
+      local due = now + o[2]
+      if due > now then
+        m.s = 'd'
+        push(delayed, n2s(due), id)
+        if soonest < 0 or due < soonest then
+          soonest = due
+        end
+      else
+        m.s = 'r'
+        push(ready, n2s((9 - m.p) * BAND + due), ready_member(id, m))
+      end
+      push(metas, id, encode_meta(m))
     end
-    push(metas, id, encode_meta(m))
   end
   if #dedup > 0 then
     redis.call('HSET', K_DEDUP, unpack(dedup))
