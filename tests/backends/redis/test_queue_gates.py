@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import pytest
+from redis.typing import EncodableT, FieldT
 
 from redis_helpers import command_calls, fresh, pop_scripts
 from tta_agent_coordination.models import AgentId, AgentMessage, Delivery, EnqueueRequest
@@ -248,3 +249,33 @@ async def test_a_batch_writes_each_entry_as_a_single_enqueue_does() -> None:
         return out
 
     assert await written(batch=True) == await written(batch=False)
+
+
+async def test_meta_in_another_key_order_is_reserved_and_acked_all_the_same() -> None:
+    """Reserve and ack read the meta text as encode_meta writes it (splicing the reservation in,
+    checking the receipt, without decoding); a meta in any other key order (another writer)
+    takes the decoding path, with the same outcome, and is written back in encode_meta's."""
+    async with fresh() as backend:
+        store, keys = backend.queue, backend.connection.keys
+        ids = [await store.enqueue(message(ttl=60 if i == 1 else None)) for i in range(3)]
+        meta_key = keys.queue(str(QUEUE), "meta")
+        expiry_key = keys.queue(str(QUEUE), "expiry")
+        call = backend.connection.call
+        before = cast("list[bytes]", await call(lambda c: c.hmget(meta_key, ids), what="t"))
+        # another writer's order: "a" first, "s" after "q"
+        pairs = list(zip(ids, before, strict=True))
+        reordered: dict[FieldT, EncodableT] = {
+            i: json.dumps(json.loads(raw), sort_keys=True).encode() for i, raw in pairs
+        }
+        assert all(reordered[i] != raw for i, raw in pairs)
+        await call(lambda c: c.hset(meta_key, mapping=reordered), what="t")
+        one = await store.reserve(QUEUE, visibility_timeout=30)  # one entry: its own path
+        two = await store.reserve(QUEUE, visibility_timeout=30, max_messages=2)
+        got = [*one, *two]
+        assert [d.entry_id for d in got] == ids
+        raws = cast("list[bytes]", await call(lambda c: c.hmget(meta_key, ids), what="t"))
+        assert all(raw.startswith(b'{"p":') and b'"s":"v","t":"' in raw for raw in raws)
+        assert await store.ack(got[0].receipt)
+        assert await store.ack_many([d.receipt for d in got[1:]]) == [True, True]
+        assert (await store.stats(QUEUE)).live == 0
+        assert await call(lambda c: c.zcard(expiry_key), what="t") == 0

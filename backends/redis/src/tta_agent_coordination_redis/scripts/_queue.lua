@@ -153,6 +153,24 @@ local function each_chunk(cmd, key, items)
   end
 end
 
+-- A ready entry's meta (encode_meta's text `raw`) reserved with token `t` until `dl` (a
+-- string): the text encode_meta gives for it, spliced without decoding it (cjson.decode and
+-- encode_meta cost more than the rest of a reservation), and whether it has a ttl deadline
+-- (its id is in K_EXPIRY then). nil if `raw` is not a ready entry's without a reservation.
+-- p, a, m, q and e are numbers: the first ',"s":' is the field itself.
+local function reserved_meta(raw, t, dl)
+  local at = string.find(raw, ',"s":"r"', 1, true)
+  if not at then
+    return nil
+  end
+  local rest = string.sub(raw, at + 8)  -- ttl, x, k, l (strings JSON-escaped) or just '}'
+  if string.sub(rest, 1, 5) == ',"t":' or string.sub(rest, 1, 6) == ',"dl":' then
+    return nil
+  end
+  return string.sub(raw, 1, at - 1) .. ',"s":"v","t":"' .. t .. '","dl":' .. dl .. rest,
+    string.find(rest, ',"x":', 1, true) ~= nil
+end
+
 local function get_meta(id)
   local raw = redis.call('HGET', K_META, id)
   if not raw then
@@ -564,6 +582,22 @@ local function current(token, id, now, raw)
     return nil
   end
   return m
+end
+
+-- current() for an ack: an entry without a dedup key (nothing to release) is checked on
+-- encode_meta's text, without decoding it, and given as {x = whether it has a ttl deadline}.
+-- Anything else (a stale or lapsed receipt, a dedup key, another text) goes to current().
+local function current_to_ack(token, id, now, raw)
+  if raw == nil then
+    raw = redis.call('HGET', K_META, id)
+  end
+  if raw and not string.find(raw, ',"k":', 1, true) then
+    local t, dl = string.match(raw, ',"s":"v","t":"(%x+)","dl":(%d+)')
+    if t == token and dl + 0 > now then
+      return {x = string.find(raw, ',"x":', 1, true) ~= nil}
+    end
+  end
+  return current(token, id, now, raw)
 end
 
 -- Hand-off to a waiting consumer (docs/decisions/0005-redis-handoff.md; single server only).

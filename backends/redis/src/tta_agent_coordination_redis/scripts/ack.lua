@@ -15,7 +15,7 @@ local now = now_ms()
 if n == 1 then
   -- One receipt (the common ack): the same steps as a batch's below, without its tables.
   local token, id = ARGV[5], ARGV[6]
-  local m = current(token, id, now)
+  local m = current_to_ack(token, id, now)
   if m then
     local forget_at = now + conf()[5]  -- the end of the acked id's retention
     redis.call('ZREM', K_RESERVED, id)
@@ -48,7 +48,7 @@ end
 local metas = redis.call('HMGET', K_META, unpack(ids))  -- one read for the whole batch
 for i = 1, n do
   local token, id = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
-  local m = current(token, id, now, metas[i])
+  local m = current_to_ack(token, id, now, metas[i])
   if m then
     if not tokens[id] then
       tokens[id] = token

@@ -45,16 +45,17 @@ if want == 1 then
   if #members > 0 then
     local member = members[1]
     local id = string.sub(member, 13)
-    local m = cjson.decode(redis.call('HGET', K_META, id))
+    local raw, expiring = reserved_meta(redis.call('HGET', K_META, id), ARGV[9], until_)
+    if not raw then  -- (not written by this version of encode_meta)
+      local m = get_meta(id)
+      m.s, m.t, m.dl = 'v', ARGV[9], deadline
+      raw, expiring = encode_meta(m), m.x ~= nil
+    end
     local body = redis.call('HGET', K_BODY, id)
     redis.call('ZREM', K_READY, member)
-    if m.x then
+    if expiring then
       redis.call('ZREM', K_EXPIRY, id)
     end
-    m.s = 'v'
-    m.t = ARGV[9]
-    m.dl = deadline
-    local raw = encode_meta(m)
     redis.call('HSET', K_META, id, raw)
     redis.call('ZADD', K_RESERVED, until_, id)
     due_by(deadline)
@@ -84,14 +85,15 @@ elseif want > 0 then
     redis.call('ZREM', K_READY, unpack(members))
     local fields, scores, expiring = {}, {}, {}
     for i, id in ipairs(ids) do
-      local m = cjson.decode(metas[i])
-      if m.x then
+      local raw, has_x = reserved_meta(metas[i], ARGV[8 + i], until_)
+      if not raw then  -- (not written by this version of encode_meta)
+        local m = cjson.decode(metas[i])
+        m.s, m.t, m.dl = 'v', ARGV[8 + i], deadline
+        raw, has_x = encode_meta(m), m.x ~= nil
+      end
+      if has_x then
         expiring[#expiring + 1] = id
       end
-      m.s = 'v'
-      m.t = ARGV[8 + i]
-      m.dl = deadline
-      local raw = encode_meta(m)
       fields[#fields + 1] = id
       fields[#fields + 1] = raw
       scores[#scores + 1] = until_
