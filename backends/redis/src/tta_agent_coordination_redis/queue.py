@@ -333,6 +333,8 @@ class RedisQueueStore:
             raise QueueFullError(name, self._options.max_queue_length)
         if self._connection.cluster:
             await self._indexed(name, created=int(reply[1]) == 1)
+        if len(reply) == 2:  # a batch of made ids, every one new: they are ours
+            return [ident for ident, _, _ in items]
         return [_text(v) for v in reply[2:]]
 
     async def enqueue(

@@ -740,6 +740,30 @@ class QueueContract(BackendTestBase):
         assert await store.enqueue_many([]) == []
         assert await drain_ids(store) == [ids[1], ids[2], ids[4], ids[0]]
 
+    async def test_enqueue_many_without_entry_ids_resolves_dedup_keys(
+        self, backend: Backend
+    ) -> None:
+        """Enqueue many, the store making the ids, resolves dedup keys as enqueue does.
+
+        Per request the id its dedup key resolves to: a live entry's, or that of the batch's
+        own first request with that key.
+        """
+        store = backend.queue
+        live = await store.enqueue(message(), dedup_key="a")
+        ids = await store.enqueue_many(
+            [
+                EnqueueRequest(message=message(), dedup_key="a"),
+                EnqueueRequest(message=message(), dedup_key="b"),
+                EnqueueRequest(message=message()),
+                EnqueueRequest(message=message(), dedup_key="b"),
+            ]
+        )
+        assert ids[0] == live
+        assert ids[1] == ids[3]
+        assert len({live, ids[1], ids[2]}) == 3
+        assert (await store.stats(QUEUE)).live == 3
+        assert await drain_ids(store) == [live, ids[1], ids[2]]
+
     async def test_enqueue_many_is_all_or_nothing_at_the_cap(self) -> None:
         """Enqueue many is all or nothing at the cap."""
         async with self.connect_with(max_queue_length=3) as backend:

@@ -6,7 +6,8 @@
 -- it may hold commas), or '' for the same options as the request before it (a batch of
 -- alike requests sends and parses its options once).
 -- Returns {1, created, id...} (created: 1 if this call created the queue; per request the
--- entry id: new, or the one a repeated entry id or dedup key resolves to) or {0} when the new
+-- entry id: new, or the one a repeated entry id or dedup key resolves to; a batch of ids the
+-- client made that are all new returns no ids: they are the client's) or {0} when the new
 -- entries would pass max_queue_length (nothing written).
 --#include _queue
 bind(KEYS, ARGV)
@@ -75,15 +76,17 @@ for i = 1, n do
   elseif key then
     found = redis.call('HGET', K_DEDUP, key) or nil
   end
-  if not found then
-    found = batch_ids[id] or (key and batch_keys[key])
+  if not found then  -- (ids the client made are all different)
+    found = (not made and batch_ids[id]) or (key and batch_keys[key])
   end
   if found then
     plan[#plan + 1] = found
   else
     plan[#plan + 1] = id
     fresh[#fresh + 1] = i
-    batch_ids[id] = id
+    if not made then
+      batch_ids[id] = id
+    end
     if key then
       batch_keys[key] = id
     end
@@ -172,6 +175,9 @@ if #fresh > 0 and not handed then
 end
 if #fresh > 0 and not handed then
   wake()
+end
+if made and #fresh == n then
+  return {1, created and 1 or 0}  -- every entry is new: its id is the one the client made
 end
 local out = {1, created and 1 or 0}
 for _, id in ipairs(plan) do
