@@ -1400,6 +1400,9 @@ class _Worker:
     handlers_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # the group's
     reservers_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     failure: BaseException | None = None
+    # anyio's clock: on asyncio the loop's own (anyio.current_time asks which library runs
+    # first, twice per message).
+    now: Callable[[], float] = anyio.current_time
 
     async def run(
         self,
@@ -1413,6 +1416,8 @@ class _Worker:
             self.loop = asyncio.get_running_loop()
         except RuntimeError:  # not on asyncio (trio): the handlers run as anyio's tasks
             self.loop = None
+        else:
+            self.now = self.loop.time  # what anyio.current_time() gives on asyncio
         async with anyio.create_task_group() as root:
             handlers: TaskGroup = await root.start(self._host_handlers)
             try:
@@ -1590,7 +1595,7 @@ class _Worker:
     async def _gate(self) -> None:
         """Wait while a handler reported an open circuit or the breaker is open."""
         while True:
-            pause = self.pause_until - anyio.current_time()
+            pause = self.pause_until - self.now()
             if pause > 0:
                 await anyio.sleep(pause)
                 continue
@@ -1622,7 +1627,7 @@ class _Worker:
 
     async def _process(self, delivery: Delivery) -> bool:
         """Run the handler and settle the delivery; whether its slot went to an ack batch."""
-        started = anyio.current_time()
+        started = self.now()
         labels = self.labels.get(delivery.queue)
         if labels is None:
             labels = self.labels[delivery.queue] = {"queue": str(delivery.queue)}
@@ -1659,7 +1664,7 @@ class _Worker:
         if isinstance(failure, CircuitOpenError):
             self._observe(started, labels, "circuit_open")
             wait = failure.retry_after or self.policy.delay(1)
-            self.pause_until = max(self.pause_until, anyio.current_time() + wait)
+            self.pause_until = max(self.pause_until, self.now() + wait)
             log_delivery(
                 logger,
                 logging.INFO,
@@ -1717,7 +1722,7 @@ class _Worker:
 
     def _observe(self, started: float, labels: dict[str, str], outcome: str) -> float:
         """Report the handler's duration (seconds since ``started``) and return it."""
-        duration = anyio.current_time() - started
+        duration = self.now() - started
         self.coordinator.metrics.observe(HANDLER_DURATION, duration, {**labels, "outcome": outcome})
         return duration
 
@@ -1798,7 +1803,7 @@ class _Worker:
                 await wake.wait()
                 continue
             first = queue[0]
-            wait = first.due - anyio.current_time()
+            wait = first.due - self.now()
             if wait > 0:
                 await anyio.sleep(wait)
                 continue
@@ -1825,5 +1830,5 @@ class _Worker:
                 "lost the reservation while the handler runs: it may be delivered again",
             )
             return
-        held.due = anyio.current_time() + interval
+        held.due = self.now() + interval
         self._hold(held)
