@@ -1468,7 +1468,10 @@ class _Worker:
         if loop is None:
             handlers.start_soon(self._handle, delivery)
             return
-        task = loop.create_task(self._handle(delivery))
+        self._track(loop.create_task(self._handle(delivery)))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        """Count a plain asyncio task as one of the handlers' group's (see _host_handlers)."""
         self.running.add(task)
         task.add_done_callback(self._ended)
 
@@ -1496,12 +1499,7 @@ class _Worker:
                     await self._hand_back(await self._reserve_in_handler(queue, free, handlers))
                     failures = 0
                     continue
-                deliveries = await self.coordinator.reserve(
-                    queue,
-                    visibility_timeout=self.visibility_timeout,
-                    max_messages=free,
-                    wait=_RESERVE_WAIT,
-                )
+                deliveries = await self._reserve(queue, free)
             except CoordinationError as exc:
                 failures += 1
                 logger.warning(
@@ -1522,6 +1520,12 @@ class _Worker:
                 # (trio shuffles ready tasks, so there it is likely).
                 await anyio.lowlevel.checkpoint()
             await self._hand_back(deliveries[started:])
+
+    async def _reserve(self, queue: AgentId, free: int) -> list[Delivery]:
+        """The loop's reserve: up to ``free`` deliveries, waiting for the first."""
+        return await self.coordinator.reserve(
+            queue, visibility_timeout=self.visibility_timeout, max_messages=free, wait=_RESERVE_WAIT
+        )
 
     async def _hand_back(self, surplus: list[Delivery]) -> None:
         """Release deliveries no slot was free for (shielded: a reservation is never left)."""
@@ -1567,12 +1571,7 @@ class _Worker:
     ) -> None:
         """The task of :meth:`_reserve_in_handler`: reserve, start the others, run the first."""
         try:
-            deliveries = await self.coordinator.reserve(
-                queue,
-                visibility_timeout=self.visibility_timeout,
-                max_messages=free,
-                wait=_RESERVE_WAIT,
-            )
+            deliveries = await self._reserve(queue, free)
         except Exception as exc:  # noqa: BLE001  # the loop reports it (or ends with it)
             got.set_exception(exc)
             return
@@ -1588,8 +1587,7 @@ class _Worker:
         if started:
             task = asyncio.current_task()
             assert task is not None  # noqa: S101  # this runs in a task
-            self.running.add(task)
-            task.add_done_callback(self._ended)
+            self._track(task)
             await self._handle(deliveries[0])
 
     async def _gate(self) -> None:

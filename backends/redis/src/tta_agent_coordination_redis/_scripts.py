@@ -206,8 +206,24 @@ def pack_evalsha(
         packed = Packed(keys, (), encoding, errors)
     rest = args[packed.nargs :]
     parts = [b"*%d\r\n" % (2 + packed.count + len(rest)), head or script.head, packed.data]
+    _add_bulks(parts, rest, encoding, errors)
+    return b"".join(parts)
+
+
+def pack_command(args: Sequence[Any], encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """One command in the Redis protocol, its arguments encoded as :func:`pack_evalsha` does."""
+    parts = [b"*%d\r\n" % len(args)]
+    _add_bulks(parts, args, encoding, errors)
+    return b"".join(parts)
+
+
+def _add_bulks(parts: list[bytes], values: Sequence[Any], encoding: str, errors: str) -> None:
+    """Append each value to ``parts`` as a bulk string, as ``_bulk(_encode(value))`` makes it.
+
+    Inline (a batch of 100 entries packs 300 values); a body is copied once, by the join.
+    """
     append = parts.append
-    for value in rest:  # inline: a batch of 100 entries packs 300 of them
+    for value in values:
         if isinstance(value, bytes):
             data = value
         elif isinstance(value, str):
@@ -215,16 +231,8 @@ def pack_evalsha(
         else:
             data = _encode(value, encoding, errors)
         append(b"$%d\r\n" % len(data))
-        append(data)  # a body is copied once, by the join
+        append(data)
         append(b"\r\n")
-    return b"".join(parts)
-
-
-def pack_command(args: Sequence[Any], encoding: str = "utf-8", errors: str = "strict") -> bytes:
-    """One command in the Redis protocol, its arguments encoded as :func:`pack_evalsha` does."""
-    parts = [b"*%d\r\n" % len(args)]
-    parts.extend(_bulk(_encode(value, encoding, errors)) for value in args)
-    return b"".join(parts)
 
 
 def _lean_pool(client: Redis) -> ConnectionPool | None:

@@ -227,9 +227,7 @@ class Connection:
 
     async def command(self, *args: Any, what: str) -> Any:
         """Run one plain command inside the error boundary (``ScriptRunner.command``)."""
-        if not self._checked:
-            await boundary(self._check_server, what="the connect-time check")
-        return await boundary(lambda: self.scripts.command(self.client, *args), what=what)
+        return await self.call(lambda client: self.scripts.command(client, *args), what=what)
 
     def pack(self, keys: Sequence[str], args: Sequence[Any]) -> Packed:
         """Pack ``keys`` and leading ``args`` once, with the client's encoding."""
