@@ -9,7 +9,14 @@ from datetime import UTC, datetime
 import pytest
 from rich.console import Console
 
-from tta_agent_coordination import AgentId, AgentMessage, Delivery, PermanentFailureError, demo
+from tta_agent_coordination import (
+    AgentId,
+    AgentMessage,
+    CircuitOpenError,
+    Delivery,
+    PermanentFailureError,
+    demo,
+)
 from tta_agent_coordination.demo import MAX_ATTEMPTS, model_fails, run
 from tta_agent_coordination.models import BreakerState, BreakerTransition
 
@@ -153,3 +160,45 @@ def test_the_tables_show_breaker_transitions_and_dead_letters() -> None:
     assert "half_open" in text
     assert "max_attempts" in text
     assert "every request answered or dead-lettered with a reason" in text
+
+
+class RecordingReplies:
+    """Stands in for the coordinator TellTheRequester answers through."""
+
+    def __init__(self) -> None:
+        self.replies: list[tuple[str, object]] = []
+
+    async def reply(self, delivery: Delivery, payload: object, *, message_type: str) -> None:
+        self.replies.append((message_type, payload))
+
+
+@pytest.mark.parametrize(
+    ("error", "answered"),
+    [(CircuitOpenError("llm", 1.0), False), (RuntimeError("model down"), True)],
+)
+async def test_the_requester_is_told_of_a_last_failed_attempt_not_of_an_open_circuit(
+    error: Exception, answered: bool
+) -> None:
+    """An open circuit is released by serve (no attempt spent): nobody is told; any other
+    failure of the last attempt answers the waiting requester with the error."""
+    now = datetime.now(UTC)
+    delivery = Delivery(
+        queue=AgentId("b"),
+        entry_id="e",
+        message=AgentMessage(sender=AgentId("a"), recipient=AgentId("b"), reply_to=AgentId("a")),
+        attempt=MAX_ATTEMPTS,
+        max_attempts=MAX_ATTEMPTS,
+        receipt="r",
+        enqueued_at=now,
+        visible_at=now,
+    )
+    coordinator = RecordingReplies()
+    middleware = demo.TellTheRequester(coordinator)  # type: ignore[arg-type]
+
+    async def fail(_: Delivery) -> None:
+        raise error
+
+    with pytest.raises(type(error)):
+        await middleware.on_handle(delivery, fail)
+    expected = [("error", {"error": f"{type(error).__name__}: {error}"})] if answered else []
+    assert coordinator.replies == expected
