@@ -154,6 +154,50 @@ async def test_an_entry_handed_to_a_waiter_that_is_gone_comes_back_after_its_vis
         assert (again.entry_id, again.attempt) == (entry_id, 2)
 
 
+async def handed_delivery(backend: RedisBackend) -> Delivery:
+    """An entry handed to a waiter (registered, not blocked), collected by that waiter."""
+    await register(backend, "ef" * 8)
+    await backend.queue.enqueue(message(1))
+    (got,) = (
+        await backend.queue._reserve_now(  # pyright: ignore[reportPrivateUsage]
+            QUEUE, 30_000, 1, waiter="ef" * 8, mode="leave"
+        )
+    )[0]
+    return got
+
+
+async def test_a_handed_entry_given_back_is_ready_behind_what_was_ready_before_it() -> None:
+    # A handed entry never was ready: it takes its place among ready entries (its sequence
+    # number) when it is given back, behind the entries already waiting at the same score.
+    async with fresh() as backend:
+        store = backend.queue
+        await make_empty_queue(backend)
+        handed = await handed_delivery(backend)
+        await store.enqueue(message(2))
+        await store.enqueue(message(3))
+        assert await store.release(handed.receipt)
+        got = await store.reserve(QUEUE, visibility_timeout=30, max_messages=3)
+        assert [(d.message.payload["n"], d.attempt) for d in got] == [(2, 1), (3, 1), (1, 1)]
+        assert await store.ack_many([d.receipt for d in got]) == [True] * 3
+
+
+async def test_a_handed_entry_nacked_with_a_delay_comes_back_when_due() -> None:
+    async with fresh() as backend:
+        store = backend.queue
+        await make_empty_queue(backend)
+        handed = await handed_delivery(backend)
+        assert await store.nack(handed.receipt, delay=5, error="later")
+        assert await store.reserve(QUEUE, visibility_timeout=30) == []
+        await backend.clock.advance(6)
+        (again,) = await store.reserve(QUEUE, visibility_timeout=30)
+        assert (again.entry_id, again.attempt, again.last_error) == (
+            handed.entry_id,
+            2,
+            "later",
+        )
+        assert await store.ack(again.receipt)
+
+
 async def test_a_cancelled_waiting_reserve_leaves_the_waiters() -> None:
     async with fresh() as backend:
         store = backend.queue

@@ -17,9 +17,10 @@
 -- updates the namespace indexes with separate commands.
 --
 -- Times are integer milliseconds on the backend's clock. An entry's state lives in meta[id]
--- as JSON: p priority, a attempt, m max_attempts, e enqueued at, q sequence, s state
--- ('r' ready, 'd' delayed, 'v' reserved, 'x' dead), t receipt token, dl reservation deadline,
--- x ttl deadline, ttl, k dedup key, l last error.
+-- as JSON: p priority, a attempt, m max_attempts, e enqueued at, q sequence (none until the
+-- entry is first ready: see ready_member), s state ('r' ready, 'd' delayed, 'v' reserved,
+-- 'x' dead), t receipt token, dl reservation deadline, x ttl deadline, ttl, k dedup key,
+-- l last error.
 --
 -- Every script starts with load_info(): one HMGET of the queue's info hash. Besides whether
 -- the queue exists and its idle ttl, it holds two gates that spare the common call the scans
@@ -115,15 +116,23 @@ end
 local BAND = 4398046511104
 
 -- Times and scores are whole numbers below 2^53: '%d' prints them exactly, and far cheaper
--- than '%.0f' (which formats a large double digit by digit) or cjson's '%.14g'.
+-- than '%.0f' (which formats a large double digit by digit) or cjson's '%.14g'. A number
+-- given to redis.call, or joined to a string with '..', is printed with '%.17g'/'%.14g'
+-- (about 2,000 instructions each): the scripts pass and join strings ('1', n2s(x)).
 local function n2s(x)
   return string.format('%d', x)
 end
 
 -- An entry's meta as JSON (what cjson.encode gives, keys in a fixed order, numbers as '%d').
+-- An entry handed to a waiting consumer has no sequence number until it is made ready.
 local function encode_meta(m)
-  local out = string.format('{"p":%d,"a":%d,"m":%d,"q":%d,"e":%d,"s":"%s"', m.p, m.a, m.m, m.q,
-    m.e, m.s)
+  local out
+  if m.q then
+    out = string.format('{"p":%d,"a":%d,"m":%d,"q":%d,"e":%d,"s":"%s"', m.p, m.a, m.m, m.q, m.e,
+      m.s)
+  else
+    out = string.format('{"p":%d,"a":%d,"m":%d,"e":%d,"s":"%s"', m.p, m.a, m.m, m.e, m.s)
+  end
   if m.t then
     -- A reservation token is one the driver made (hex digits): it needs no JSON escaping.
     out = out .. ',"t":"' .. m.t .. '"'
@@ -183,7 +192,13 @@ local function put_meta(id, m)
   redis.call('HSET', K_META, id, encode_meta(m))
 end
 
+-- The member of a ready entry in K_READY: its sequence number (its place among entries of the
+-- same score) then its id. An entry that never was ready (handed to a waiting consumer, then
+-- given back) takes its sequence number now; the caller stores its meta after.
 local function ready_member(id, m)
+  if not m.q then
+    m.q = redis.call('HINCRBY', K_INFO, 'seq', '1')
+  end
   return string.format('%012x', m.q) .. id
 end
 
@@ -214,7 +229,7 @@ end
 local function earliest(keys)
   local best = -1
   for _, key in ipairs(keys) do
-    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    local first = redis.call('ZRANGE', key, '0', '0', 'WITHSCORES')
     if #first > 0 then
       local at = tonumber(first[2])
       if best < 0 or at < best then
@@ -295,14 +310,14 @@ end
 
 -- Make the queue exist; true if it did not before.
 local function create()
-  if CREATED or redis.call('HSETNX', K_INFO, 'created', 1) == 0 then
+  if CREATED or redis.call('HSETNX', K_INFO, 'created', '1') == 0 then
     CREATED = true
     return false
   end
   CREATED, PRUNE_AT, DUE_AT = true, -1, -1
   redis.call('HSET', K_INFO, 'pn', '-1', 'md', '-1')  -- a new queue holds nothing yet
   if not CLUSTER then
-    redis.call('ZADD', K_QUEUES, 'NX', 0, NAME)
+    redis.call('ZADD', K_QUEUES, 'NX', '0', NAME)
   end
   return true
 end
@@ -442,7 +457,7 @@ local function family()
 
   -- Add a fresh (or replayed) entry: enqueued now, due after `delay`.
   local function f_admit(id, m, now, delay)
-    m.q = redis.call('HINCRBY', K_INFO, 'seq', 1)
+    m.q = redis.call('HINCRBY', K_INFO, 'seq', '1')
     m.e = now
     if m.ttl then
       m.x = now + m.ttl
@@ -618,8 +633,9 @@ local function register_waiter(member, until_, now)
   end
 end
 
--- The live registration whose wait ends first, taken out of the set ({token, visibility ms}), or nil.
--- One ZPOPMIN per registration looked at: lapsed ones (their wait is over) come first and go.
+-- The live registration whose wait ends first, taken out of the set: its token and its
+-- visibility in ms (as text), or nil. One ZPOPMIN per registration looked at: lapsed ones
+-- (their wait is over) come first and go.
 local function take_waiter(now)
   while true do
     local first = redis.call('ZPOPMIN', K_WAITERS)
@@ -631,7 +647,7 @@ local function take_waiter(now)
     if first[2] + 0 > now then
       local member = first[1]
       local sep = string.find(member, '|', 1, true)
-      return {string.sub(member, 1, sep - 1), string.sub(member, sep + 1) + 0}
+      return string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
     end
   end
 end
@@ -640,7 +656,7 @@ end
 -- back to back (one concatenation copies the body whole; a JSON array would scan and escape it,
 -- string.format's '%s' copies it byte by byte).
 local function hand_item(id, raw, body)
-  return #id .. ':' .. #raw .. ':' .. id .. raw .. body
+  return string.format('%d:%d:', #id, #raw) .. id .. raw .. body
 end
 
 -- The entry id and body of a hand_item().
@@ -666,27 +682,31 @@ local function hand_off(id, body, o, now)
       or redis.call('ZCARD', K_READY) ~= 0 then
     return false
   end
-  local waiter = take_waiter(now)
-  if not waiter then
+  local token, visibility = take_waiter(now)
+  if not token then
     return false
   end
   local key, ttl = o[5], o[4]
-  local token, visibility = waiter[1], waiter[2]
-  local m = {p = o[1], a = 1, m = o[3], e = now, s = 'v',
-    t = token, dl = now + visibility, q = redis.call('HINCRBY', K_INFO, 'seq', 1)}
+  local dl = now + visibility
+  local until_ = n2s(dl)
+  -- encode_meta's text for {p, a = 1, m, e = now, s = 'v', t, dl, ttl, x, k}, made in place
+  -- (no table, and each number printed once: the deadline's text is the ZADD score too). No
+  -- sequence number: it orders ready entries only, and ready_member() gives this one its own
+  -- if it is ever given back.
+  local raw = string.format('{"p":%d,"a":1,"m":%d,"e":%d,"s":"v","t":"', o[1], o[3], now)
+    .. token .. '","dl":' .. until_
   if ttl >= 0 then  -- a reserved entry stays out of the expiry set (as reserve leaves it)
-    m.ttl = ttl
-    m.x = now + ttl
+    raw = raw .. string.format(',"ttl":%d,"x":%d', ttl, now + ttl)
   end
   if key then
-    m.k = key
+    raw = raw .. ',"k":' .. cjson.encode(key)
     redis.call('HSET', K_DEDUP, key, id)
   end
-  local raw = encode_meta(m)
+  raw = raw .. '}'
   redis.call('HSET', K_BODY, id, body)
   redis.call('HSET', K_META, id, raw)
-  redis.call('ZADD', K_RESERVED, n2s(m.dl), id)
-  due_by(m.dl)
+  redis.call('ZADD', K_RESERVED, until_, id)
+  due_by(dl)
   local hand = hand_key(token)
   redis.call('RPUSH', hand, hand_item(id, raw, body))
   redis.call('PEXPIRE', hand, visibility)  -- nobody popped it by then: the entry is reclaimed
@@ -697,7 +717,7 @@ end
 -- entry, one command per structure, with no list built.
 local function write_one(id, body, o, now)
   local key, ttl = o[5], o[4]
-  local m = {p = o[1], a = 1, m = o[3], q = redis.call('HINCRBY', K_INFO, 'seq', 1), e = now}
+  local m = {p = o[1], a = 1, m = o[3], q = redis.call('HINCRBY', K_INFO, 'seq', '1'), e = now}
   local soonest = -1  -- the earliest ttl or delay deadline
   if ttl >= 0 then
     m.ttl = ttl

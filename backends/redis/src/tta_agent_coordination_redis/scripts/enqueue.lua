@@ -102,7 +102,7 @@ local handed = #fresh == 1 and hand_off(ARGV[2 + fresh[1] * 3], ARGV[3 + fresh[1
 if #fresh > 0 and not handed then
   -- The new entries' writes go out as one variadic command per structure (what admit() and
   -- push_due() do for one entry, for the whole batch): sequence numbers are taken in one step.
-  local first = redis.call('HINCRBY', K_INFO, 'seq', #fresh) - #fresh
+  local first = redis.call('HINCRBY', K_INFO, 'seq', n2s(#fresh)) - #fresh
   local bodies, metas, ready, delayed, expiry, dedup = {}, {}, {}, {}, {}, {}
   local soonest = -1  -- the earliest ttl or delay deadline of the batch
   -- A plain entry (due now, no ttl, no dedup key: a batch's usual request) shares all of its

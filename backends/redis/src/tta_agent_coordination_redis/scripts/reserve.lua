@@ -23,7 +23,7 @@ local taken = 0
 if waiter ~= '' and mode ~= 'first' then
   -- Entries handed to this waiter since it last looked (its block ended before it popped them).
   local hand = hand_key(waiter)
-  local items = redis.call('LRANGE', hand, 0, -1)
+  local items = redis.call('LRANGE', hand, '0', '-1')
   if #items > 0 then
     redis.call('DEL', hand)
     for _, item in ipairs(items) do
@@ -41,7 +41,7 @@ end
 local want = count - taken
 if want == 1 then
   -- One entry (the common reserve): the same steps as a batch's below, without its tables.
-  local members = redis.call('ZRANGE', K_READY, 0, 1)  -- and whether more is ready after it
+  local members = redis.call('ZRANGE', K_READY, '0', '1')  -- and whether more is ready after it
   if #members > 0 then
     local member = members[1]
     local id = string.sub(member, 13)
@@ -71,7 +71,7 @@ if want == 1 then
   end
 elseif want > 0 then
   -- One more than asked for: whether more is ready after this batch, without a ZCARD.
-  local members = redis.call('ZRANGE', K_READY, 0, want)
+  local members = redis.call('ZRANGE', K_READY, '0', n2s(want))
   local more = #members > want
   members[want + 1] = nil
   if #members > 0 then
