@@ -12,6 +12,7 @@ import math
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import anyio
@@ -30,7 +31,7 @@ from tta_agent_coordination.errors import (
 )
 from tta_agent_coordination.models import AgentId, AgentMessage, EnqueueRequest
 from tta_agent_coordination.settings import BackendOptions
-from tta_agent_coordination_redis import LAYOUT_VERSION, RedisBackend, _scripts
+from tta_agent_coordination_redis import LAYOUT_VERSION, RedisBackend, _scripts, queue
 from tta_agent_coordination_redis._errors import boundary, translate
 from tta_agent_coordination_redis.plugin import tta_backend_from_client, tta_backend_schemes
 
@@ -606,3 +607,26 @@ async def test_a_server_whose_info_is_disabled_is_not_refused(
         monkeypatch.setattr(backend.connection.client, "info", info)
         assert (await backend.queue.stats(QUEUE)).live == 0
         monkeypatch.undo()
+
+
+def test_times_from_the_scripts_are_shared_and_the_memo_stays_bounded() -> None:
+    made = queue._shared_ts(1_764_880_000_123)  # pyright: ignore[reportPrivateUsage]
+    assert made == datetime(2025, 12, 4, 20, 26, 40, 123_000, tzinfo=UTC)
+    assert queue._shared_ts(1_764_880_000_123) is made  # pyright: ignore[reportPrivateUsage]
+    for ms in range(1000):
+        assert queue._shared_ts(ms * 1000) == datetime.fromtimestamp(ms, UTC)  # pyright: ignore[reportPrivateUsage]
+    assert len(queue._TIMES) <= queue._TIMES_KEPT  # pyright: ignore[reportPrivateUsage]
+
+
+async def test_a_batch_of_deliveries_carries_each_entry_s_own_times() -> None:
+    async with fresh() as backend:
+        store = backend.queue
+        first = await store.enqueue_many([EnqueueRequest(message=message()) for _ in range(3)])
+        await backend.clock.advance(2)
+        later = await store.enqueue(message())
+        got = await store.reserve(QUEUE, visibility_timeout=30, max_messages=4)
+        assert [d.entry_id for d in got] == [*first, later]
+        assert len({d.enqueued_at for d in got[:3]}) == 1
+        assert (got[3].enqueued_at - got[0].enqueued_at).total_seconds() >= 2
+        assert len({d.visible_at for d in got}) == 1
+        assert 30 <= (got[0].visible_at - got[3].enqueued_at).total_seconds() < 31

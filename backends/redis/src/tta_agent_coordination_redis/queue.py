@@ -37,7 +37,7 @@ import contextlib
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -162,7 +162,25 @@ def _parse_receipt(receipt: object) -> tuple[str, str, str]:
 
 
 def _ts(milliseconds: float) -> datetime:
+    """A time the scripts give (ms since the epoch) as an aware UTC datetime."""
     return datetime.fromtimestamp(milliseconds / 1000, UTC)
+
+
+#: Times already made by :func:`_shared_ts` (datetimes are immutable: one object may serve
+#: many deliveries). A batch's entries share their reservation deadline and, enqueued
+#: together, their enqueue time: two ``fromtimestamp`` calls per reply, not two per entry.
+_TIMES: dict[float, datetime] = {}
+_TIMES_KEPT: Final = 256
+
+
+def _shared_ts(milliseconds: float) -> datetime:
+    """:func:`_ts`, made once per time for a batch of deliveries."""
+    found = _TIMES.get(milliseconds)
+    if found is None:
+        if len(_TIMES) >= _TIMES_KEPT:
+            _TIMES.clear()
+        found = _TIMES[milliseconds] = _ts(milliseconds)
+    return found
 
 
 def _text(value: bytes | str) -> str:
@@ -379,11 +397,18 @@ class RedisQueueStore:
     # -- reserve ------------------------------------------------------------------------------
 
     def _delivery(
-        self, agent_id: AgentId, name: str, entry_id: str, body: bytes | str, meta: dict[str, Any]
+        self,
+        agent_id: AgentId,
+        name: str,
+        entry_id: str,
+        body: bytes | str,
+        meta: dict[str, Any],
+        *,
+        ts: Callable[[float], datetime] = _ts,
     ) -> Delivery:
         """A delivery from an entry the reserve or enqueue script reserved (our own data).
 
-        ``name`` is ``str(agent_id)``, made once per reply.
+        ``name`` is ``str(agent_id)``, made once per reply; ``ts`` makes its times.
         """
         return trusted_delivery(
             queue=agent_id,
@@ -392,8 +417,8 @@ class RedisQueueStore:
             attempt=int(meta["a"]),
             max_attempts=int(meta["m"]),
             receipt=f"{RECEIPT_PREFIX}{name}/{meta['t']}/{entry_id}",
-            enqueued_at=_ts(meta["e"]),
-            visible_at=_ts(meta["dl"]),
+            enqueued_at=ts(meta["e"]),
+            visible_at=ts(meta["dl"]),
             last_error=meta.get("l"),
         )
 
@@ -418,8 +443,11 @@ class RedisQueueStore:
             await self._run("reserve", name, visibility_ms, count, waiter, mode, wait_ms, *tokens),
         )
         now, next_due = int(reply[0]), int(reply[2])
+        ts = _shared_ts if len(reply) > 6 else _ts  # a batch shares its times
         deliveries = [
-            self._delivery(agent_id, name, _text(reply[i]), reply[i + 1], _json(reply[i + 2]))
+            self._delivery(
+                agent_id, name, _text(reply[i]), reply[i + 1], _json(reply[i + 2]), ts=ts
+            )
             for i in range(3, len(reply), 3)
         ]
         due_in = None if next_due < 0 else max(0.0, (next_due - now) / 1000)
