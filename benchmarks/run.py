@@ -101,6 +101,7 @@ def specs(size: Sizes) -> list[Spec]:
         Spec("floor.seq", lambda a, u, k: floors.seq(a, k), n, warm),
         Spec("floor.pipe", lambda a, u, k: floors.pipe(a, k), n, warm),
         Spec("floor.lua", lambda a, u, k: floors.lua(a, k), n, warm),
+        Spec("floor.lua_batch", lambda a, u, k: floors.lua_batch(a, k), n, warm),
         Spec("ours.single", ours.single, n, warm),
         Spec("ours.batch", ours.batch, n, warm),
         Spec("ours.serve", ours.serve, n, warm),

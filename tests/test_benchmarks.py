@@ -23,6 +23,7 @@ MEASUREMENTS = [
     "floor.seq",
     "floor.pipe",
     "floor.lua",
+    "floor.lua_batch",
     "ours.single",
     "ours.batch",
     "ours.serve",
@@ -64,7 +65,7 @@ def test_prints_placement_table_and_targets(run: tuple[str, Path]) -> None:
     targets = stdout.split("targets (issue 9):", 1)[1].strip().splitlines()
     verdicts = [line.split()[0] for line in targets if line.startswith("  ")]
     assert len(verdicts) >= 12, stdout
-    assert set(verdicts) <= {"PASS", "MISS", "n/a"}, verdicts
+    assert set(verdicts) <= {"PASS", "MISS", "n/a", "ref"}, verdicts
 
 
 def test_writes_raw_figures(run: tuple[str, Path]) -> None:
@@ -96,3 +97,22 @@ def test_publish_replaces_the_latest_run_block(run: tuple[str, Path], tmp_path: 
     assert "| ours.single | enqueue |" in text
     assert "(performance/results.png)" in text
     assert raw["meta"]["placement"] in text
+
+
+def test_the_lua_batch_floor_is_a_reference_beside_the_batch_targets() -> None:
+    def figure(value: float) -> Summary:
+        return Summary(value, value, value, [value])
+
+    results = {
+        "ours.batch": {"enqueue": figure(30.0), "reserve_ack": figure(20.0)},
+        "floor.pipe": {"enqueue": figure(40.0), "drain": figure(40.0)},
+        "floor.lua_batch": {"enqueue": figure(60.0), "reserve_ack": figure(80.0)},
+    }
+    rows = {t.name: t for t in targets(results)}
+    assert rows["enqueue_many x100 vs pipelined floor"].verdict == "MISS"
+    reference = rows["reserve(100)+ack_many vs Lua batch floor"]
+    assert (reference.measured, reference.verdict) == ("0.25x (20.0 / 80.0)", "ref")
+    assert rows["enqueue_many x100 vs Lua batch floor"].measured.startswith("0.50x")
+    del results["floor.lua_batch"]
+    rows = {t.name: t for t in targets(results)}
+    assert rows["enqueue_many x100 vs Lua batch floor"].verdict == "n/a"
