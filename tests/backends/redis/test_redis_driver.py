@@ -630,3 +630,36 @@ async def test_a_batch_of_deliveries_carries_each_entry_s_own_times() -> None:
         assert (got[3].enqueued_at - got[0].enqueued_at).total_seconds() >= 2
         assert len({d.visible_at for d in got}) == 1
         assert 30 <= (got[0].visible_at - got[3].enqueued_at).total_seconds() < 31
+
+
+async def test_a_batch_keeps_its_sorted_sets_skip_lists_and_leaves_no_seed() -> None:
+    # A batch of 16 or more into a small sorted set goes in with a member longer than the
+    # listpack's limit (removed at once): the set is a skip list, whose ZADD and ZREM do not
+    # scan it. A batch below that leaves a new set a listpack.
+    async with fresh() as backend:
+        store = backend.queue
+        name = str(QUEUE)
+        keys = backend.connection.keys
+
+        async def encoding(part: str) -> tuple[str, list[str]]:
+            key = keys.queue(name, part)
+
+            async def look(c: Any) -> tuple[Any, Any]:
+                return await c.object("encoding", key), await c.zrange(key, 0, -1)
+
+            found, members = await backend.connection.call(look, what="test")
+            texts = [m.decode() for m in cast("list[bytes]", members)]
+            return cast("bytes", found).decode(), texts
+
+        few = await store.enqueue_many([EnqueueRequest(message=message()) for _ in range(3)])
+        assert (await encoding("ready"))[0] == "listpack"
+        ids = await store.enqueue_many([EnqueueRequest(message=message()) for _ in range(40)])
+        kind, members = await encoding("ready")
+        assert (kind, len(members)) == ("skiplist", 43)
+        got = await store.reserve(QUEUE, visibility_timeout=30, max_messages=43)
+        kind, members = await encoding("reserved")
+        assert (kind, sorted(members)) == ("skiplist", sorted([*few, *ids]))
+        assert await store.ack_many([d.receipt for d in got]) == [True] * 43
+        kind, members = await encoding("settled")
+        assert (kind, sorted(members)) == ("skiplist", sorted([*few, *ids]))
+        assert (await store.stats(QUEUE)).live == 0

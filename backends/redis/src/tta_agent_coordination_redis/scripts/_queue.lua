@@ -666,6 +666,25 @@ local function hand_parts(item)
   return string.sub(item, at, meta_at - 1), string.sub(item, meta_at + meta_len)
 end
 
+-- ZADD `pairs` (score, member, ...) to the sorted set `key`; a batch of 16 members or more
+-- keeps the set a skip list. Redis keeps a small sorted set (up to zset-max-listpack-entries,
+-- 128) as a listpack, where each ZADD finds and places its member by scanning it, and so does
+-- each ZREM: a batch of 100 into it cost about 16,000 instructions per member. A member longer
+-- than zset-max-listpack-value (64) makes it a skip list, which a ZREM never turns back: SEED
+-- goes in with the batch and out at once (a smaller batch scans less than that ZREM costs).
+-- SEED is longer than any member (an entry id is at most 128 bytes, a ready member 140), so it
+-- is never one, and no other script sees it.
+local SEED = '~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~' .. '~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~'
+  .. '~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~' .. '~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~'  -- (a literal: no library at load time)
+local function zadd_many(key, pairs)
+  if #pairs >= 32 then
+    redis.call('ZADD', key, '0', SEED, unpack(pairs))
+    redis.call('ZREM', key, SEED)
+  else
+    redis.call('ZADD', key, unpack(pairs))
+  end
+end
+
 -- Append the pair a, b to the list (the variadic commands' arguments).
 local function push(list, a, b)
   list[#list + 1] = a

@@ -74,7 +74,7 @@ if #acked > 0 then
   end
   redis.call('HDEL', K_META, unpack(acked))
   redis.call('HDEL', K_BODY, unpack(acked))
-  redis.call('ZADD', K_SETTLED, unpack(settled))
+  zadd_many(K_SETTLED, settled)
   local pairs_ = {}
   for _, id in ipairs(acked) do
     pairs_[#pairs_ + 1] = id

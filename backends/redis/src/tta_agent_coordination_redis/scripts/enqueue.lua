@@ -160,13 +160,13 @@ if #fresh > 0 and not handed then
   end
   redis.call('HSET', K_BODY, unpack(bodies))
   if #expiry > 0 then
-    redis.call('ZADD', K_EXPIRY, unpack(expiry))
+    zadd_many(K_EXPIRY, expiry)
   end
   if #ready > 0 then
-    redis.call('ZADD', K_READY, unpack(ready))
+    zadd_many(K_READY, ready)
   end
   if #delayed > 0 then
-    redis.call('ZADD', K_DELAYED, unpack(delayed))
+    zadd_many(K_DELAYED, delayed)
   end
   redis.call('HSET', K_META, unpack(metas))
   if soonest >= 0 then

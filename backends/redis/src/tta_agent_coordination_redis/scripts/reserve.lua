@@ -106,7 +106,7 @@ elseif want > 0 then
       redis.call('ZREM', K_EXPIRY, unpack(expiring))
     end
     redis.call('HSET', K_META, unpack(fields))
-    redis.call('ZADD', K_RESERVED, unpack(scores))
+    zadd_many(K_RESERVED, scores)
     due_by(deadline)
     taken = taken + #members
   end
