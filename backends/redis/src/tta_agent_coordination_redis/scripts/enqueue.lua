@@ -115,8 +115,9 @@ if #fresh > 0 and not handed then
     local shape = plain[o]
     if shape == nil then
       shape = o[2] == 0 and ttl < 0 and not key and {
-        string.format('{"p":%d,"a":1,"m":%d,"q":', o[1], o[3]),
-        string.format(',"e":%d,"s":"r"}', now),
+        -- the meta text with a '%d' left for the sequence number (one format per entry: a
+        -- number joined with '..' would be printed with '%.14g')
+        string.format('{"p":%d,"a":1,"m":%d,"q":%%d,"e":%d,"s":"r"}', o[1], o[3], now),
         n2s((9 - o[1]) * BAND + now),
       }
       plain[o] = shape
@@ -124,8 +125,8 @@ if #fresh > 0 and not handed then
     if shape then  -- what the steps below write for it, with encode_meta's text
       local q = first + k
       push(bodies, id, ARGV[3 + i * 3])
-      push(ready, shape[3], string.format('%012x', q) .. id)
-      push(metas, id, shape[1] .. q .. shape[2])
+      push(ready, shape[2], string.format('%012x', q) .. id)
+      push(metas, id, string.format(shape[1], q))
     else
       local m = {p = o[1], a = 1, m = o[3], q = first + k, e = now}
       if ttl >= 0 then

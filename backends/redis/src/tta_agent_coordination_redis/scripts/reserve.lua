@@ -45,9 +45,10 @@ if want == 1 then
   if #members > 0 then
     local member = members[1]
     local id = string.sub(member, 13)
-    local raw, expiring = reserved_meta(redis.call('HGET', K_META, id), ARGV[9], until_)
+    local stored = redis.call('HGET', K_META, id)
+    local raw, expiring = reserved_meta(stored, ARGV[9], until_)
     if not raw then  -- (not written by this version of encode_meta)
-      local m = get_meta(id)
+      local m = cjson.decode(stored)
       m.s, m.t, m.dl = 'v', ARGV[9], deadline
       raw, expiring = encode_meta(m), m.x ~= nil
     end
