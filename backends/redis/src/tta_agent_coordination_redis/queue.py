@@ -235,6 +235,9 @@ class RedisQueueStore:
                 _ms(options.entry_id_retention),
             )
         )
+        # A plain request's options text (no delay, ttl, dedup key or own max_attempts: the
+        # usual send), per priority: made once, not formatted per request.
+        self._plain = {p: f"{p},0,{options.max_attempts},-1," for p in range(10)}
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -314,6 +317,10 @@ class RedisQueueStore:
     ) -> tuple[str, bytes, str]:
         """One request's three script arguments: entry id, body and options (``enqueue.lua``)."""
         body = encode_message(message, self._options.max_message_bytes)
+        if delay is None and dedup_key is None and entry_id is None and max_attempts is None:
+            plain = self._plain.get(message.priority) if message.ttl is None else None
+            if plain is not None:  # a plain request (the usual send): its options are made
+                return (new_id(), body, plain)
         seconds = 0.0 if delay is None else _check_duration(delay, "delay", positive=False)
         key = "" if dedup_key is None else _check_text(dedup_key, "dedup_key", _MAX_DEDUP)
         # Fixed before the first try: a retried enqueue (lost reply) writes nothing again.
