@@ -156,6 +156,18 @@ def targets(results: Results) -> list[Target]:  # noqa: PLR0912, PLR0915  # one 
             ("ours.batch", "reserve_ack"),
             ("floor.lua_batch", "reserve_ack"),
         ),
+        _reference(
+            results,
+            "our scripts, bare client: enqueue x100 vs pipelined floor",
+            ("ours.bare", "enqueue"),
+            ("floor.pipe", "enqueue"),
+        ),
+        _reference(
+            results,
+            "our scripts, bare client: reserve+ack x100 vs pipelined floor",
+            ("ours.bare", "reserve_ack"),
+            ("floor.pipe", "drain"),
+        ),
     ]
     serve = _get(results, "ours.serve", "drain")
     reliable = {
@@ -389,6 +401,8 @@ _THROUGHPUT = [
             ("floor.lua_batch", "reserve_ack"),
             ("ours.batch", "enqueue"),
             ("ours.batch", "reserve_ack"),
+            ("ours.bare", "enqueue"),
+            ("ours.bare", "reserve_ack"),
         ],
         None,
     ),

@@ -4,7 +4,10 @@
   at a time with one consumer;
 * ``batch``: ``enqueue_many`` of 100, ``reserve(max_messages=100)``, ``ack_many``;
 * ``serve``: messages sent one at a time, then drained by ``MessageCoordinator.serve`` with
-  ``concurrency=50`` and a no-op handler (timed until the last ack).
+  ``concurrency=50`` and a no-op handler (timed until the last ack);
+* ``bare``: a reference, not a target: ``batch``'s script calls (the same scripts, arguments,
+  keys and round trips), driven the way ``floor.lua_batch`` is (``json.dumps`` of the payload
+  in, ``json.loads`` out, no models): what our Redis layout costs apart from the typed API.
 
 Each reports messages per second, client round trips and Redis commands per message for the
 whole cycle (enqueue + reserve + ack).
@@ -13,16 +16,19 @@ whole cycle (enqueue + reserve + ack).
 from __future__ import annotations
 
 import functools
+import json
 import time
 
 import anyio
 from redis.asyncio import Redis
 
 from tta_agent_coordination import MessageCoordinator
+from tta_agent_coordination._ids import new_id, new_token
 from tta_agent_coordination.metrics import DELIVERIES_ACKED, Labels, NoopMetrics
 from tta_agent_coordination.models import AgentId, AgentMessage, Delivery, EnqueueRequest
 from tta_agent_coordination.plugins import connect
 from tta_agent_coordination.protocols import Backend
+from tta_agent_coordination_redis import RedisBackend
 
 from ._measure import Counters, payload
 
@@ -85,6 +91,47 @@ async def batch(client: Redis, url: str, n: int) -> dict[str, float]:
             assert deliveries
             await store.ack_many([d.receipt for d in deliveries])
             left -= len(deliveries)
+        drained = time.perf_counter()
+        trips, calls = await counters.stop()
+        assert (await store.stats(QUEUE)).live == 0
+    return {
+        "enqueue": n / (enqueued - start),
+        "reserve_ack": n / (drained - enqueued),
+        "round_trips": trips / n,
+        "commands": calls / n,
+        **counters.cpu(n),
+    }
+
+
+async def bare(client: Redis, url: str, n: int) -> dict[str, float]:
+    async with backend(url, n) as b:
+        assert isinstance(b, RedisBackend)
+        store = b.queue  # the driver's own store: its script calls, without the typed API
+        name = str(QUEUE)
+        options = f"5,0,{b.options.max_attempts},-1,"  # a plain request's (enqueue.lua)
+        await store.stats(QUEUE)
+        counters = Counters(client)
+        await counters.start()
+        start = time.perf_counter()
+        for first in range(0, n, BATCH):
+            items = [
+                (new_id(), json.dumps(payload(i)).encode(), options)
+                for i in range(first, min(n, first + BATCH))
+            ]
+            await store._enqueue(QUEUE, items, fresh=True)
+        enqueued = time.perf_counter()
+        left = n
+        while left:
+            tokens = [new_token() for _ in range(BATCH)]
+            reply = await store._run("reserve", name, 30_000, BATCH, "", "", 0, *tokens)
+            ids = reply[3::3]
+            for raw in reply[4::3]:
+                json.loads(raw)
+            assert ids
+            receipts = [v for pair in zip(tokens, ids, strict=False) for v in pair]
+            acked = await store._run("ack", name, len(ids), *receipts)
+            assert all(int(v) == 1 for v in acked)
+            left -= len(ids)
         drained = time.perf_counter()
         trips, calls = await counters.stop()
         assert (await store.stats(QUEUE)).live == 0

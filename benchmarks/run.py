@@ -110,8 +110,10 @@ def specs(size: Sizes) -> list[Spec]:
         Spec("registry", registry, size.discover, 10),
         Spec("memory", hotpaths.memory, size.memory, 100),
         Spec("memory_driver", hotpaths.memory_driver, size.memory_driver, 500),
-        # Last in each round: run between floor.lua and ours.single it slowed ours.single's
-        # enqueue by a tenth (old and new code alike, alternating runs), a reference should not.
+        # Last in each round, the references: run between floor.lua and ours.single,
+        # floor.lua_batch slowed ours.single's enqueue by a tenth (old and new code alike,
+        # alternating runs), and a reference should not move a target.
+        Spec("ours.bare", ours.bare, n, warm),
         Spec("floor.lua_batch", lambda a, u, k: floors.lua_batch(a, k), n, warm),
     ]
 

@@ -27,6 +27,7 @@ MEASUREMENTS = [
     "ours.single",
     "ours.batch",
     "ours.serve",
+    "ours.bare",
     "latency.floor",
     "latency.ours",
     "breaker",
@@ -116,3 +117,22 @@ def test_the_lua_batch_floor_is_a_reference_beside_the_batch_targets() -> None:
     del results["floor.lua_batch"]
     rows = {t.name: t for t in targets(results)}
     assert rows["enqueue_many x100 vs Lua batch floor"].verdict == "n/a"
+
+
+def test_our_scripts_with_a_bare_client_are_a_reference_beside_the_batch_targets() -> None:
+    def figure(value: float) -> Summary:
+        return Summary(value, value, value, [value])
+
+    results = {
+        "ours.batch": {"enqueue": figure(30.0), "reserve_ack": figure(20.0)},
+        "ours.bare": {"enqueue": figure(36.0), "reserve_ack": figure(44.0)},
+        "floor.pipe": {"enqueue": figure(40.0), "drain": figure(40.0)},
+    }
+    rows = {t.name: t for t in targets(results)}
+    reference = rows["our scripts, bare client: reserve+ack x100 vs pipelined floor"]
+    assert (reference.measured, reference.verdict) == ("1.10x (44.0 / 40.0)", "ref")
+    enqueue = rows["our scripts, bare client: enqueue x100 vs pipelined floor"]
+    assert (enqueue.measured, enqueue.verdict) == ("0.90x (36.0 / 40.0)", "ref")
+    del results["ours.bare"]
+    rows = {t.name: t for t in targets(results)}
+    assert rows["our scripts, bare client: enqueue x100 vs pipelined floor"].verdict == "n/a"
