@@ -19,6 +19,7 @@ from tta_agent_coordination import (
     CapabilityQuery,
     Delivery,
     FailureType,
+    MessagePriority,
     MessageType,
     QueueFullError,
     RequestTimeoutError,
@@ -167,6 +168,29 @@ async def test_send_passes_every_option(backend: Backend) -> None:
     assert message.correlation_id == "corr"
     assert message.reply_to == reply_to
     assert delivery.max_attempts == 2
+
+
+@pytest.mark.parametrize("bad", [True, False, 10, -1, 5.5, "x"])
+async def test_send_checks_a_priority_given_even_where_it_equals_the_default(
+    backend: Backend, bad: object
+) -> None:
+    coord = MessageCoordinator(backend)
+    with pytest.raises(ValidationError, match="priority"):
+        await coord.send(SVC, {}, priority=bad)  # type: ignore[call-overload]  # refused at runtime
+    assert (await backend.queue.stats(SVC)).ready == 0
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"), [(5, 5), (MessagePriority.NORMAL, 5), (5.0, 5), ("5", 5), (0, 0)]
+)
+async def test_send_takes_a_priority_the_model_takes(
+    backend: Backend, given: object, stored: int
+) -> None:
+    coord = MessageCoordinator(backend)
+    await coord.send(SVC, {}, priority=given, headers={})  # type: ignore[call-overload]  # lax input
+    message = (await take(coord, SVC)).message
+    assert (message.priority, type(message.priority) is bool) == (stored, False)
+    assert message.headers == {}
 
 
 async def test_send_with_dedup_entry_id_and_delay() -> None:
