@@ -43,6 +43,22 @@ def backend(url: str, n: int) -> Backend:
     return connect(url, namespace="bench", max_queue_length=max(n + BATCH, 10_000))
 
 
+def _cycle(
+    n: int, times: tuple[float, float, float], counts: tuple[int, int], counters: Counters
+) -> dict[str, float]:
+    """A cycle's figures: enqueue and reserve + ack rates (``times``: start, enqueued, drained),
+    round trips and commands per message (``counts``), CPU per message."""
+    start, enqueued, drained = times
+    trips, calls = counts
+    return {
+        "enqueue": n / (enqueued - start),
+        "reserve_ack": n / (drained - enqueued),
+        "round_trips": trips / n,
+        "commands": calls / n,
+        **counters.cpu(n),
+    }
+
+
 async def single(client: Redis, url: str, n: int) -> dict[str, float]:
     async with backend(url, n) as b:
         coord = MessageCoordinator(b, agent_id=SENDER)
@@ -59,13 +75,7 @@ async def single(client: Redis, url: str, n: int) -> dict[str, float]:
         drained = time.perf_counter()
         trips, calls = await counters.stop()
         assert (await b.queue.stats(QUEUE)).live == 0
-    return {
-        "enqueue": n / (enqueued - start),
-        "reserve_ack": n / (drained - enqueued),
-        "round_trips": trips / n,
-        "commands": calls / n,
-        **counters.cpu(n),
-    }
+    return _cycle(n, (start, enqueued, drained), (trips, calls), counters)
 
 
 async def batch(client: Redis, url: str, n: int) -> dict[str, float]:
@@ -94,13 +104,7 @@ async def batch(client: Redis, url: str, n: int) -> dict[str, float]:
         drained = time.perf_counter()
         trips, calls = await counters.stop()
         assert (await store.stats(QUEUE)).live == 0
-    return {
-        "enqueue": n / (enqueued - start),
-        "reserve_ack": n / (drained - enqueued),
-        "round_trips": trips / n,
-        "commands": calls / n,
-        **counters.cpu(n),
-    }
+    return _cycle(n, (start, enqueued, drained), (trips, calls), counters)
 
 
 async def bare(client: Redis, url: str, n: int) -> dict[str, float]:
@@ -135,13 +139,7 @@ async def bare(client: Redis, url: str, n: int) -> dict[str, float]:
         drained = time.perf_counter()
         trips, calls = await counters.stop()
         assert (await store.stats(QUEUE)).live == 0
-    return {
-        "enqueue": n / (enqueued - start),
-        "reserve_ack": n / (drained - enqueued),
-        "round_trips": trips / n,
-        "commands": calls / n,
-        **counters.cpu(n),
-    }
+    return _cycle(n, (start, enqueued, drained), (trips, calls), counters)
 
 
 class AckCounter(NoopMetrics):
