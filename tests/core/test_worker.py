@@ -8,6 +8,7 @@ certainly installed), never after a sleep.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -651,6 +652,30 @@ def test_cli_serves_until_sigterm_and_exits_0(cli: Cli, modules: Modules, tmp_pa
     stats = cli.do(lambda b: b.queue.stats(SHARED))
     assert (stats.ready, stats.reserved) == (0, 0)
     assert cli.do(lambda b: b.registry.get(AGENT)) is None
+
+
+@pytest.mark.parametrize(("flags", "frozen"), [((), True), (("--no-gc-freeze",), False)])
+def test_cli_freezes_what_is_loaded_for_the_collector(
+    cli: Cli, modules: Modules, tmp_path: Path, flags: tuple[str, ...], frozen: bool
+) -> None:
+    seen = tmp_path / "frozen"
+    name = modules.write(
+        f"""
+        import gc, os, signal
+        async def handle(delivery):
+            with open({str(seen)!r}, "w") as out:
+                out.write(str(gc.get_freeze_count()))
+            os.kill(os.getpid(), signal.SIGTERM)
+        """
+    )
+    gc.unfreeze()  # (an earlier run left the test process frozen: start from none of ours)
+    before = gc.get_freeze_count()
+    cli.do(lambda b: b.queue.enqueue(AgentMessage(sender=SHARED, recipient=AGENT)))
+    result = cli.worker(f"{name}:handle", "--agent", "svc:w1", "--no-shared", *flags)
+    assert result.exit_code == 0, result.output
+    during = int(seen.read_text())
+    # Frozen: everything loaded (thousands of objects: modules, the handler's); else none.
+    assert during > before + 1000 if frozen else during == before
 
 
 def test_cli_second_sigint_stops_at_once_with_130(cli: Cli, modules: Modules) -> None:
