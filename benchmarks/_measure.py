@@ -107,6 +107,20 @@ class Counters:
         calls = await command_calls(self.client) - self.calls0
         return trips, calls - 3  # the INFO calls in between: two at start, one at stop
 
+    async def cycle(
+        self, n: int, start: float, enqueued: float, drained: float
+    ) -> dict[str, float]:
+        """Stop counting; a cycle's figures: enqueue and reserve + ack rates (``start`` to
+        ``enqueued`` to ``drained``), round trips and commands per message, CPU per message."""
+        trips, calls = await self.stop()
+        return {
+            "enqueue": n / (enqueued - start),
+            "reserve_ack": n / (drained - enqueued),
+            "round_trips": trips / n,
+            "commands": calls / n,
+            **self.cpu(n),
+        }
+
     def cpu(self, n: int) -> dict[str, float]:
         """Client and server CPU per message, in microseconds."""
         return {"client_cpu_us": self.client_s / n * 1e6, "server_cpu_us": self.server_s / n * 1e6}

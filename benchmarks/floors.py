@@ -164,16 +164,9 @@ async def lua(client: Redis, n: int) -> dict[str, float]:
         got = await floor.reserve()
         assert got is not None
         await floor.ack(got[0])
-    drained = time.perf_counter()
-    trips, calls = await counters.stop()
+    figures = await counters.cycle(n, start, enqueued, time.perf_counter())
     assert await client.zcard(READY) == 0
-    return {
-        "enqueue": n / (enqueued - start),
-        "reserve_ack": n / (drained - enqueued),
-        "round_trips": trips / n,
-        "commands": calls / n,
-        **counters.cpu(n),
-    }
+    return figures
 
 
 async def lua_batch(client: Redis, n: int) -> dict[str, float]:
@@ -201,13 +194,6 @@ async def lua_batch(client: Redis, n: int) -> dict[str, float]:
         assert ids
         await client.evalsha(shas[2], 2, INFLIGHT_B, BODY_B, *ids)
         left -= len(ids)
-    drained = time.perf_counter()
-    trips, calls = await counters.stop()
+    figures = await counters.cycle(n, start, enqueued, time.perf_counter())
     assert await client.zcard(READY_B) == 0
-    return {
-        "enqueue": n / (enqueued - start),
-        "reserve_ack": n / (drained - enqueued),
-        "round_trips": trips / n,
-        "commands": calls / n,
-        **counters.cpu(n),
-    }
+    return figures

@@ -25,7 +25,13 @@ from redis.asyncio import Redis
 from tta_agent_coordination import MessageCoordinator
 from tta_agent_coordination._ids import new_id, new_token
 from tta_agent_coordination.metrics import DELIVERIES_ACKED, Labels, NoopMetrics
-from tta_agent_coordination.models import AgentId, AgentMessage, Delivery, EnqueueRequest
+from tta_agent_coordination.models import (
+    AgentId,
+    AgentMessage,
+    Delivery,
+    EnqueueRequest,
+    MessagePriority,
+)
 from tta_agent_coordination.plugins import connect
 from tta_agent_coordination.protocols import Backend
 from tta_agent_coordination_redis import RedisBackend
@@ -43,22 +49,6 @@ def backend(url: str, n: int) -> Backend:
     return connect(url, namespace="bench", max_queue_length=max(n + BATCH, 10_000))
 
 
-def _cycle(
-    n: int, times: tuple[float, float, float], counts: tuple[int, int], counters: Counters
-) -> dict[str, float]:
-    """A cycle's figures: enqueue and reserve + ack rates (``times``: start, enqueued, drained),
-    round trips and commands per message (``counts``), CPU per message."""
-    start, enqueued, drained = times
-    trips, calls = counts
-    return {
-        "enqueue": n / (enqueued - start),
-        "reserve_ack": n / (drained - enqueued),
-        "round_trips": trips / n,
-        "commands": calls / n,
-        **counters.cpu(n),
-    }
-
-
 async def single(client: Redis, url: str, n: int) -> dict[str, float]:
     async with backend(url, n) as b:
         coord = MessageCoordinator(b, agent_id=SENDER)
@@ -72,10 +62,9 @@ async def single(client: Redis, url: str, n: int) -> dict[str, float]:
         for _ in range(n):
             (delivery,) = await coord.reserve(QUEUE, visibility_timeout=30)
             await coord.ack(delivery)
-        drained = time.perf_counter()
-        trips, calls = await counters.stop()
+        figures = await counters.cycle(n, start, enqueued, time.perf_counter())
         assert (await b.queue.stats(QUEUE)).live == 0
-    return _cycle(n, (start, enqueued, drained), (trips, calls), counters)
+    return figures
 
 
 async def batch(client: Redis, url: str, n: int) -> dict[str, float]:
@@ -101,10 +90,9 @@ async def batch(client: Redis, url: str, n: int) -> dict[str, float]:
             assert deliveries
             await store.ack_many([d.receipt for d in deliveries])
             left -= len(deliveries)
-        drained = time.perf_counter()
-        trips, calls = await counters.stop()
+        figures = await counters.cycle(n, start, enqueued, time.perf_counter())
         assert (await store.stats(QUEUE)).live == 0
-    return _cycle(n, (start, enqueued, drained), (trips, calls), counters)
+    return figures
 
 
 async def bare(client: Redis, url: str, n: int) -> dict[str, float]:
@@ -112,7 +100,7 @@ async def bare(client: Redis, url: str, n: int) -> dict[str, float]:
         assert isinstance(b, RedisBackend)
         store = b.queue  # the driver's own store: its script calls, without the typed API
         name = str(QUEUE)
-        options = f"5,0,{b.options.max_attempts},-1,"  # a plain request's (enqueue.lua)
+        options = store._plain[MessagePriority.NORMAL]  # a plain request's (enqueue.lua)
         await store.stats(QUEUE)
         counters = Counters(client)
         await counters.start()
@@ -136,10 +124,9 @@ async def bare(client: Redis, url: str, n: int) -> dict[str, float]:
             acked = await store._run("ack", name, len(ids), *receipts)
             assert all(int(v) == 1 for v in acked)
             left -= len(ids)
-        drained = time.perf_counter()
-        trips, calls = await counters.stop()
+        figures = await counters.cycle(n, start, enqueued, time.perf_counter())
         assert (await store.stats(QUEUE)).live == 0
-    return _cycle(n, (start, enqueued, drained), (trips, calls), counters)
+    return figures
 
 
 class AckCounter(NoopMetrics):

@@ -100,10 +100,12 @@ def test_publish_replaces_the_latest_run_block(run: tuple[str, Path], tmp_path: 
     assert raw["meta"]["placement"] in text
 
 
-def test_the_lua_batch_floor_is_a_reference_beside_the_batch_targets() -> None:
-    def figure(value: float) -> Summary:
-        return Summary(value, value, value, [value])
+def figure(value: float) -> Summary:
+    """A synthetic measurement: ``value`` in every run."""
+    return Summary(value, value, value, [value])
 
+
+def test_the_lua_batch_floor_is_a_reference_beside_the_batch_targets() -> None:
     results = {
         "ours.batch": {"enqueue": figure(30.0), "reserve_ack": figure(20.0)},
         "floor.pipe": {"enqueue": figure(40.0), "drain": figure(40.0)},
@@ -120,9 +122,6 @@ def test_the_lua_batch_floor_is_a_reference_beside_the_batch_targets() -> None:
 
 
 def test_our_scripts_with_a_bare_client_are_a_reference_beside_the_batch_targets() -> None:
-    def figure(value: float) -> Summary:
-        return Summary(value, value, value, [value])
-
     results = {
         "ours.batch": {"enqueue": figure(30.0), "reserve_ack": figure(20.0)},
         "ours.bare": {"enqueue": figure(36.0), "reserve_ack": figure(44.0)},
